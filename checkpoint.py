@@ -1,0 +1,76 @@
+"""Self-describing checkpoints: model config, weights, tokenizer, training config and state, written atomically.
+
+Loading uses torch.load(weights_only=True), which refuses any object that is not a tensor or plain data,
+so a checkpoint can never run code.
+"""
+import pickle
+from pathlib import Path
+
+import torch
+
+from common import UsageError, atomic_write
+from data.tokenizer import Tokenizer
+from model import GPT, GPTConfig
+
+FORMAT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+
+
+def save_checkpoint(path, model, tokenizer, **extra):
+    """Write model config, weights, tokenizer and any extra training state to `path`, atomically."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model_config": vars(model.config).copy(),
+        "model": model.state_dict(),
+        "tokenizer": tokenizer.to_json(),
+        **extra,
+    }
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+
+
+def resolve_checkpoint(path):
+    """A checkpoint file, or a folder holding best.pt (preferred) or last.pt."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(f"no checkpoint in {path}/ (looked for {BEST} and {LAST}); train one with `python train.py --out_dir={path}`")
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist; pass a file or the folder train.py wrote (--out_dir)")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({str(e).splitlines()[0][:120]})") from None
+    except (EOFError, RuntimeError, OSError) as e:
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e).splitlines()[0][:120]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt or "tokenizer" not in ckpt:
+        raise UsageError(f"{path} is not a checkpoint written by this toolkit (missing model, config or tokenizer)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise UsageError(f"{path} was written by a newer version of the toolkit (format {ckpt['format_version']}); update the code")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def build_model(ckpt, device="cpu"):
+    """The model and tokenizer a loaded checkpoint describes, weights in place, in eval mode."""
+    try:
+        config = GPTConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{ckpt['path']} has an invalid model config: {e}") from None
+    model = GPT(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UsageError(f"{ckpt['path']}: the weights do not fit the model config they were saved with ({first[:160]})") from None
+    tokenizer = Tokenizer.from_json(ckpt["tokenizer"])
+    if tokenizer.n_vocab > config.vocab_size:
+        raise UsageError(f"{ckpt['path']}: its tokenizer has {tokenizer.n_vocab} ids but the model only {config.vocab_size}")
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,100 @@
+"""Token shards on disk: flat arrays of uint16 (or uint32) ids, described by a meta.json sidecar.
+
+meta.json is written last, atomically, and lists every shard with its token count and sha256, so a folder
+whose preparation was interrupted has no meta.json (or the old, still-matching one) and never looks complete.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common import UsageError, atomic_write
+
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+class ShardWriter:
+    """Buffers token ids and writes fixed-size shards `{split}_{index:05d}.bin`, each one atomically."""
+
+    def __init__(self, folder, split, dtype, shard_tokens):
+        self.folder, self.split, self.dtype = Path(folder), split, np.dtype(dtype)
+        self.buffer = np.empty(shard_tokens, dtype=self.dtype)
+        self.filled = 0
+        self.shards = []
+
+    def add(self, ids):
+        ids = np.asarray(ids, dtype=self.dtype)
+        while len(ids):
+            take = min(len(ids), len(self.buffer) - self.filled)
+            self.buffer[self.filled:self.filled + take] = ids[:take]
+            self.filled += take
+            ids = ids[take:]
+            if self.filled == len(self.buffer):
+                self._write()
+
+    def close(self):
+        if self.filled:
+            self._write()
+        return self.shards
+
+    def _write(self):
+        name = f"{self.split}_{len(self.shards):05d}.bin"
+        data = self.buffer[:self.filled].tobytes()
+        with atomic_write(self.folder / name) as f:
+            f.write(data)
+        self.shards.append({"file": name, "tokens": self.filled, "sha256": hashlib.sha256(data).hexdigest()})
+        self.filled = 0
+
+
+def write_meta(folder, meta):
+    with atomic_write(Path(folder) / META_FILE, "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def read_meta(folder):
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise UsageError(f"{folder} holds no prepared data ({META_FILE} missing); run `python data/prepare.py --out_dir={folder} ...` first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}); prepare the data again") from None
+
+
+def is_prepared(folder):
+    return (Path(folder) / META_FILE).is_file()
+
+
+def load_split(folder, split, verify=True):
+    """Memory-map every shard of a split, checking its length and checksum against meta.json."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    dtype = np.dtype(meta["dtype"])
+    if split not in meta["splits"] or not meta["splits"][split]["shards"]:
+        raise UsageError(f"{folder} has no {split!r} tokens; prepare the data again with a larger corpus or --val_fraction")
+    arrays = []
+    for shard in meta["splits"][split]["shards"]:
+        path = folder / shard["file"]
+        fix = f"prepare the data again (delete {folder} or run data/prepare.py --out_dir={folder})"
+        if not path.is_file():
+            raise UsageError(f"shard {path} is missing; {fix}")
+        if path.stat().st_size != shard["tokens"] * dtype.itemsize:
+            raise UsageError(f"shard {path} has {path.stat().st_size} bytes, expected {shard['tokens'] * dtype.itemsize} (truncated?); {fix}")
+        if verify and _sha256(path) != shard["sha256"]:
+            raise UsageError(f"shard {path} is corrupted (checksum mismatch); {fix}")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+    return arrays
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,231 @@
+"""A compact decoder-only GPT: GPTConfig, two named presets, and a KV cache for generation.
+
+Shapes: B batch, T time (tokens), C channels (n_embd), H heads, D head size (C // H), V vocabulary.
+"""
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Each preset fixes the architecture; sizes (n_layer, n_head, n_embd, block_size, vocab_size) are free.
+PRESETS = {
+    # GPT-2's layout, so its published weights load as they are.
+    "gpt2": dict(pos_encoding="learned", norm="layernorm", mlp="gelu", qk_norm=False, tie_embeddings=True, bias=True, zero_init_proj=False),
+    # What trains best from scratch today (modded-nanogpt and friends).
+    "modern": dict(pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False, bias=False, zero_init_proj=True),
+}
+GPT2_SIZES = {  # name: (n_layer, n_head, n_embd) of the published checkpoints
+    "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600),
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304
+    block_size: int = 1024  # the longest context
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    pos_encoding: str = "learned"  # learned | sinusoidal | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | relu2
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    bias: bool = True
+    zero_init_proj: bool = False
+    rope_base: float = 10000.0
+
+    @classmethod
+    def from_preset(cls, preset, **sizes):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        return cls(**PRESETS[preset], **sizes)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+        for name, allowed in (("pos_encoding", ("learned", "sinusoidal", "rope")), ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (n_layer, B, H, max_len, D). `pos` tokens are filled."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
+        head_size = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def max_len(self):
+        return self.k.shape[3]
+
+    def append(self, layer, k, v):
+        """Store this step's (B, H, T, D) keys and values; return all keys and values so far."""
+        end = self.pos + k.shape[2]
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def norm(config, size):
+    return nn.LayerNorm(size, bias=config.bias) if config.norm == "layernorm" else nn.RMSNorm(size)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs of channels (first half, second half) by position-dependent angles. x: (B, H, T, D)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.layer, self.n_head, self.qk_norm = layer, config.n_head, config.qk_norm
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x, rope, kv_cache):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.append(self.layer, k, v)  # (B, H, past + T, D)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new token sees everything before it
+        else:  # new tokens after a cached prefix: token i sees the prefix and new tokens up to i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.relu2 = config.mlp == "relu2"
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.c_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = norm(config, config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = norm(config, config.n_embd)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, kv_cache):
+        x = x + self.drop(self.attn(self.ln_1(x), rope, kv_cache))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+            ln_f=norm(config, config.n_embd),
+        ))
+        if config.pos_encoding == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if config.pos_encoding != "learned":  # fixed tables, rebuilt rather than saved
+            self.register_buffer("pos_table", self._position_table(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual outputs: zero, or scaled down with depth as in GPT-2
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _position_table(self):
+        """rope: (2, T, D/2) cosines and sines; sinusoidal: (T, C) as in 'Attention Is All You Need'."""
+        c = self.config
+        size = c.n_embd // c.n_head if c.pos_encoding == "rope" else c.n_embd
+        inv_freq = 1.0 / (c.rope_base ** (torch.arange(0, size, 2, dtype=torch.float32) / size))
+        angles = torch.outer(torch.arange(c.block_size, dtype=torch.float32), inv_freq)
+        if c.pos_encoding == "rope":
+            return torch.stack((angles.cos(), angles.sin()))
+        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleaved sin, cos
+
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
+        """idx (B, T) -> logits (B, T, V); with targets (B, T), the cross-entropy instead (ignore_index -1)."""
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context of {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[start:start + T].to(x.dtype)
+        else:
+            cos, sin = self.pos_table[:, start:start + T].to(x.dtype)  # (T, D/2) each
+            rope = (cos, sin)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+
+    def num_params(self):
+        """All parameters, the tied embedding counted once (as the published GPT-2 counts are)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward and backward): 6 per matmul weight, plus attention over the full context."""
+        c = self.config
+        matmul = sum(p.numel() for name, p in self.named_parameters() if p.dim() == 2 and ".wte." not in f".{name}" and ".wpe." not in f".{name}")
+        if c.tie_embeddings:
+            matmul += self.lm_head.weight.numel()  # the shared matrix is also the output layer's
+        return 6 * matmul + 12 * c.n_layer * c.n_embd * c.block_size

@@ -1,0 +1,361 @@
+"""Train a GPT: python train.py [CONFIG ...] [--key=value ...]
+
+With no arguments it runs config/default.py: prepares the built-in corpus (Python's standard library) if needed,
+trains a small model, evaluates it, saves checkpoints under out/ and prints a sample.
+"""
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from common import UsageError, pick_device, run_cli
+from data.loader import RandomWindows, sequential_windows
+from data.prepare import PrepareConfig, default_data_dir, prepare
+from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
+from data.tokenizer import KINDS, Tokenizer
+from generate import TextStream, generate
+from model import GPT, PRESETS, GPTConfig
+from options import option, parse_options
+
+# Dense bf16 peak FLOP/s of known GPUs, for MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = option("out", "folder for checkpoints (last.pt, best.pt) and metrics.jsonl")
+    # data
+    data_dir: str = option("", "a folder prepared by data/prepare.py; empty: prepare the source below into prepared/")
+    data_path: str = option("", "a text file, folder or glob to train on (empty, with no --dataset: the built-in corpus)")
+    dataset: str = option("", "a Hugging Face dataset name to train on, read through `datasets`")
+    text_field: str = option("text", "the text field of .jsonl files and datasets")
+    tokenizer: str = option("bpe", "tokenizer used when preparing data", KINDS)
+    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer")
+    val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing")
+    # model
+    preset: str = option("modern", "architecture preset", tuple(PRESETS))
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads")
+    n_embd: int = option(256, "width of the residual stream")
+    block_size: int = option(256, "context length in tokens")
+    dropout: float = option(0.0, "dropout probability")
+    pos_encoding: Optional[str] = option(None, "override the preset's position encoding", (None, "learned", "sinusoidal", "rope"))
+    # optimisation
+    optimizer: str = option("adamw", "adamw for everything, or muon for the hidden matrices (AdamW for the rest)", ("adamw", "muon"))
+    batch_size: int = option(16, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_iters: int = option(2000, "optimizer steps")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    muon_lr: float = option(0.02, "peak Muon learning rate (with --optimizer=muon)")
+    weight_decay: float = option(0.1, "decoupled weight decay of the matrices")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
+    warmup_iters: int = option(100, "steps of linear learning-rate warmup")
+    lr_schedule: str = option("cosine", "after warmup: cosine decay, or warmup-stable-decay", ("cosine", "wsd"))
+    decay_frac: float = option(0.2, "wsd: the final fraction of steps that decays the learning rate")
+    min_lr_frac: float = option(0.1, "the learning rate ends at this fraction of its peak")
+    # evaluation, logging, sampling
+    eval_interval: int = option(250, "evaluate and checkpoint every this many steps")
+    eval_tokens: int = option(65536, "validation tokens scored per evaluation (0: the whole split)")
+    log_interval: int = option(10, "print training metrics every this many steps")
+    sample_prompt: str = option("", "prompt of the sample printed at the end (empty: start a new document)")
+    sample_tokens: int = option(200, "tokens in the final sample (0: none)")
+    wandb: bool = option(False, "log metrics to Weights & Biases (WANDB_MODE=offline works without an account)")
+    wandb_project: str = option("gptkit", "wandb project")
+    wandb_run_name: str = option("", "wandb run name (default: the out_dir name)")
+    # system
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto: bfloat16 autocast on CUDA, float32 elsewhere", ("auto", "float32", "bfloat16"))
+    compile: bool = option(False, "torch.compile the model")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    seed: int = option(1337, "random seed")
+    resume: bool = option(False, "continue from out_dir/last.pt")
+
+
+def check_config(cfg):
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "log_interval"):
+        if getattr(cfg, key) <= 0:
+            raise UsageError(f"--{key}={getattr(cfg, key)} must be positive")
+    if cfg.max_iters < 0 or cfg.warmup_iters < 0:
+        raise UsageError("--max_iters and --warmup_iters must not be negative")
+    if not 0 <= cfg.dropout < 1:
+        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+
+
+def prepared_data(cfg):
+    """The prepared data folder for this run, preparing the corpus first when needed."""
+    prep = PrepareConfig(inputs=[cfg.data_path] if cfg.data_path else [], dataset=cfg.dataset, text_field=cfg.text_field,
+                         tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction, out_dir=cfg.data_dir)
+    folder = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(prep)
+    if not is_prepared(folder):
+        print(f"preparing data into {folder} (once; later runs reuse it)", flush=True)
+        prep.out_dir = str(folder)
+        prepare(prep)
+    return folder
+
+
+def model_config(cfg, vocab_size):
+    sizes = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                 vocab_size=math.ceil(vocab_size / 64) * 64, dropout=cfg.dropout)  # padded: faster matmuls
+    try:
+        config = GPTConfig.from_preset(cfg.preset, **sizes)
+        if cfg.pos_encoding:
+            config = GPTConfig(**{**vars(config), "pos_encoding": cfg.pos_encoding})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return config
+
+
+def make_optimizers(model, cfg, device):
+    """AdamW for everything, or Muon for the 2-D matrices inside the blocks and AdamW for the rest."""
+    matrices, others_decay, others_plain = [], [], []
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and name.startswith("transformer.h."):
+            matrices.append(p)
+        elif p.dim() == 2:
+            others_decay.append(p)
+        else:
+            others_plain.append(p)  # norms and biases: no decay
+    fused = device.startswith("cuda")
+    adam_groups = [{"params": others_decay, "weight_decay": cfg.weight_decay}, {"params": others_plain, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        adam_groups[0]["params"] = matrices + others_decay
+        optimizers = [torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
+    else:
+        optimizers = [torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
+                      torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(step, cfg):
+    """Linear warmup, then cosine or warmup-stable-decay down to min_lr_frac."""
+    if step < cfg.warmup_iters:
+        return (step + 1) / cfg.warmup_iters
+    if cfg.lr_schedule == "cosine":
+        progress = (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = cfg.max_iters * (1 - cfg.decay_frac)
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start) / max(1, cfg.max_iters - decay_start)
+    return 1.0 - (1 - cfg.min_lr_frac) * min(1.0, progress)
+
+
+@torch.no_grad()
+def evaluate(model, batches, byte_lengths, device, autocast):
+    """Mean loss in nats per token, and bits per byte over the text tokens (special tokens carry no bytes)."""
+    model.eval()
+    nats = tokens = text_nats = text_bytes = 0.0
+    for x, y in batches:
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        with autocast:
+            losses = model(x, y, reduction="none").view(y.shape)
+        n_bytes = byte_lengths[y]
+        nats += losses.sum().item()
+        tokens += y.numel()
+        text_nats += losses[n_bytes > 0].sum().item()
+        text_bytes += n_bytes.sum().item()
+    model.train()
+    return {"val_loss": nats / tokens, "val_bpb": text_nats / math.log(2) / max(1.0, text_bytes)}
+
+
+def peak_flops(device):
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def format_seconds(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class MetricsLog:
+    """Metrics to metrics.jsonl in the output folder, and to wandb when asked."""
+
+    def __init__(self, cfg, fresh):
+        self.path = Path(cfg.out_dir) / "metrics.jsonl"
+        if fresh:
+            self.path.unlink(missing_ok=True)
+        self.wandb = None
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise UsageError("--wandb=true needs the wandb package: pip install wandb") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or Path(cfg.out_dir).name, config=asdict(cfg))
+
+    def write(self, record):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb:
+            self.wandb.log({k: v for k, v in record.items() if k != "iter"}, step=record["iter"])
+
+    def close(self):
+        if self.wandb:
+            self.wandb.finish()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state()[1].tolist(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state):
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 0, 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg):
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    data_dir = prepared_data(cfg)
+    meta = read_meta(data_dir)
+    tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
+    train_windows = RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed)
+    val_arrays = load_split(data_dir, "val")
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths() + [0] * 64, device=device)  # padding ids: 0 bytes
+
+    config = model_config(cfg, tokenizer.n_vocab)
+    model = GPT(config).to(device)
+    optimizers = make_optimizers(model, cfg, device)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    step, best_val_loss, tokens_seen = 0, float("inf"), 0
+    if cfg.resume:
+        step, best_val_loss, tokens_seen = resume(out_dir / LAST, model, optimizers, train_windows, config, tokenizer)
+    train_model = torch.compile(model) if cfg.compile else model
+    log = MetricsLog(cfg, fresh=not cfg.resume)
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    flops_per_token, peak = model.flops_per_token(), peak_flops(device)
+    print(f"data: {data_dir} ({meta['splits']['train']['tokens']:,} train tokens, {meta['tokenizer']} tokenizer, {tokenizer.n_vocab} ids)")
+    print(f"model: {cfg.preset} preset, {model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers x {cfg.n_embd} wide, context {cfg.block_size}")
+    print(f"training on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of {tokens_per_step:,} tokens, {cfg.optimizer}")
+
+    def checkpoint_state():
+        return dict(train_config=asdict(cfg), step=step, best_val_loss=best_val_loss, tokens_seen=tokens_seen,
+                    optimizers=[o.state_dict() for o in optimizers], loader=train_windows.state_dict(), rng=rng_state())
+
+    started = last_log = time.time()
+    window_start_step = step
+    while True:
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+            metrics = evaluate(train_model, sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens), byte_lengths, device, autocast)
+            improved = metrics["val_loss"] < best_val_loss
+            best_val_loss = min(best_val_loss, metrics["val_loss"])
+            print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
+            log.write({"iter": step, "tokens": tokens_seen, **metrics})
+            if step > 0 or cfg.resume:
+                save_checkpoint(out_dir / LAST, model, tokenizer, **checkpoint_state())
+                if improved:
+                    save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, **metrics)
+            last_log = time.time()  # keep evaluation time out of the throughput figure
+        if step == cfg.max_iters:
+            break
+
+        multiplier = lr_multiplier(step, cfg)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * multiplier
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in train_windows.next_batch())
+            with autocast:
+                loss = train_model(x, y) / cfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+
+        if step % cfg.log_interval == 0 or step == cfg.max_iters:
+            now = time.time()
+            tokens_per_s = (step - window_start_step) * tokens_per_step / (now - last_log)
+            eta = (cfg.max_iters - step) * tokens_per_step / tokens_per_s
+            record = {"iter": step, "tokens": tokens_seen, "loss": loss_sum, "lr": optimizers[-1].param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
+            mfu = ""
+            if peak:
+                record["mfu"] = flops_per_token * tokens_per_s / peak
+                mfu = f" | mfu {100 * record['mfu']:.1f}%"
+            print(f"step {step}/{cfg.max_iters} ({100 * step / cfg.max_iters:.0f}%) | loss {loss_sum:.4f} | lr {record['lr']:.2e} | "
+                  f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
+            log.write(record)
+            last_log, window_start_step = now, step
+
+    log.close()
+    print(f"done in {format_seconds(time.time() - started)}; best val loss {best_val_loss:.4f}; checkpoints in {out_dir}/")
+    if cfg.sample_tokens:
+        print_sample(model, tokenizer, cfg)
+    return model
+
+
+def resume(path, model, optimizers, train_windows, config, tokenizer):
+    ckpt = load_checkpoint(path)
+    if ckpt["model_config"] != vars(config):
+        changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
+        raise UsageError(f"{path} was trained with a different model ({', '.join(changed)} differ); use the same settings or a new --out_dir")
+    if ckpt["tokenizer"] != tokenizer.to_json():
+        raise UsageError(f"{path} was trained with a different tokenizer than the data's; use the data it was trained on or a new --out_dir")
+    model.load_state_dict(ckpt["model"])
+    for opt, state in zip(optimizers, ckpt["optimizers"]):
+        opt.load_state_dict(state)
+    train_windows.load_state_dict(ckpt["loader"])
+    restore_rng_state(ckpt["rng"])
+    print(f"resuming from {path} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["best_val_loss"], ckpt["tokens_seen"]
+
+
+def print_sample(model, tokenizer, cfg):
+    prompt = tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [tokenizer.eot_id]
+    stream = TextStream(tokenizer)
+    print("-" * 20, "sample", "-" * 20)
+    print(cfg.sample_prompt, end="")
+    for token in generate(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=50, seed=cfg.seed,
+                          stop_ids={tokenizer.eot_id}, vocab_limit=tokenizer.n_vocab):
+        print(stream.feed(token), end="", flush=True)
+    print(stream.flush())
+    print("-" * 48)
+
+
+def main():
+    cfg = parse_options(TrainConfig, description=__doc__, default_config="default")
+    train(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)
