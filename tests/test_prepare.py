@@ -1,0 +1,272 @@
+"""prepare(): corpora from files, folders, globs, JSONL and local Hugging Face datasets into verified token shards."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from common import UsageError
+from data.prepare import PrepareConfig, default_data_dir, prepare
+from data.shards import META_FILE, TOKENIZER_FILE, load_split, read_meta
+from data.tokenizer import Tokenizer
+from helpers import run_script
+
+EOT = 256  # the bytes tokenizer's <|endoftext|>
+
+
+def run_prepare(out, *inputs, **options):
+    options.setdefault("tokenizer", "bytes")
+    cfg = PrepareConfig(inputs=[str(i) for i in inputs], out_dir=str(out), **options)
+    assert prepare(cfg) == out
+    return read_meta(out)
+
+
+def tokens(out, split):
+    return np.concatenate(load_split(out, split)).tolist()
+
+
+def as_bytes_ids(*docs):
+    """What the bytes tokenizer stores for these documents: each one's UTF-8 bytes, then <|endoftext|>."""
+    ids = []
+    for doc in docs:
+        ids += list(doc.encode("utf-8")) + [EOT]
+    return ids
+
+
+def documents(ids, tok):
+    """Split a token stream at <|endoftext|> and decode each document."""
+    docs, current = [], []
+    for i in ids:
+        if i == tok.eot_id:
+            docs.append(tok.decode(current))
+            current = []
+        else:
+            current.append(i)
+    assert not current, "the stream must end with <|endoftext|>"
+    return docs
+
+
+@pytest.fixture
+def docs_folder(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha text\n", encoding="utf-8")
+    (folder / "b.md").write_text("# beta 你好\n", encoding="utf-8")
+    (folder / "c.py").write_text("print('gamma 🙂')\n", encoding="utf-8")
+    (folder / "sub" / "d.txt").write_text("delta\n", encoding="utf-8")
+    (folder / "ignored.csv").write_text("not,a,document\n", encoding="utf-8")
+    (folder / "image.bin").write_bytes(b"\x00\x01\x02")
+    return folder
+
+
+def test_folder_of_text_files_is_split_into_documents(tmp_path, docs_folder):
+    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.5)  # every 2nd document is validation
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("alpha text\n", "print('gamma 🙂')\n")
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("# beta 你好\n", "delta\n")
+    assert meta["splits"]["train"]["documents"] == 2
+    assert meta["splits"]["val"]["documents"] == 2
+
+
+def test_glob_selects_matching_files_only(tmp_path, docs_folder):
+    (docs_folder / "e.md").write_text("epsilon\n", encoding="utf-8")
+    run_prepare(tmp_path / "out", docs_folder / "*.md", val_fraction=0.5)
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("# beta 你好\n")
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("epsilon\n")
+
+
+def test_jsonl_gives_one_document_per_line(tmp_path):
+    records = [{"text": f"record {i} ünïcode", "id": i} for i in range(4)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records[:2]) + "\n\n" + "\n".join(json.dumps(r) for r in records[2:]) + "\n", encoding="utf-8")
+    run_prepare(tmp_path / "out", path, val_fraction=0.5)
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("record 0 ünïcode", "record 2 ünïcode")
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("record 1 ünïcode", "record 3 ünïcode")
+
+
+def test_jsonl_with_another_text_field(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"body": f"doc {i}"}) for i in range(4)) + "\n", encoding="utf-8")
+    run_prepare(tmp_path / "out", path, val_fraction=0.5, text_field="body")
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("doc 0", "doc 2")
+
+
+def test_jsonl_missing_the_text_field_names_the_option(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n{"content": "no text field here"}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="--text_field") as info:
+        run_prepare(tmp_path / "out", path, val_fraction=0.5)
+    assert "data.jsonl:2" in str(info.value)
+
+
+def test_jsonl_with_a_broken_line_names_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match=r"data.jsonl:2 is not valid JSON"):
+        run_prepare(tmp_path / "out", path, val_fraction=0.5)
+
+
+def test_single_file_holds_out_its_tail_as_validation(tmp_path):
+    lines = [f"line {i:03d} of the only document" for i in range(200)]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / "one.txt"
+    path.write_text(text, encoding="utf-8")
+    meta = run_prepare(tmp_path / "out", path, val_fraction=0.1)
+    train, val = tokens(tmp_path / "out", "train"), tokens(tmp_path / "out", "val")
+    assert train[-1] == EOT and val[-1] == EOT
+    train_text, val_text = bytes(train[:-1]).decode(), bytes(val[:-1]).decode()
+    assert train_text + val_text == text  # nothing lost, nothing duplicated
+    assert train_text.endswith("\n") and val_text.startswith("line ")  # cut at a line break
+    assert 0.07 < len(val_text) / len(text) < 0.13
+    assert meta["splits"]["val"]["documents"] == 1
+
+
+def test_val_file_is_the_validation_split(tmp_path, corpus_file):
+    val = tmp_path / "held_out.txt"
+    val.write_text("validation only\n", encoding="utf-8")
+    run_prepare(tmp_path / "out", corpus_file, val_file=str(val))
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids(corpus_file.read_text(encoding="utf-8"))
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("validation only\n")
+
+
+def test_missing_val_file_is_a_usage_error(tmp_path, corpus_file):
+    with pytest.raises(UsageError, match="--val_file"):
+        run_prepare(tmp_path / "out", corpus_file, val_file=str(tmp_path / "nope.txt"))
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        run_prepare(tmp_path / "out", tmp_path / "no_such_file.txt")
+
+
+def test_empty_file_is_a_usage_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UsageError, match="empty"):
+        run_prepare(tmp_path / "out", tmp_path / "empty.txt")
+    assert not (tmp_path / "out" / META_FILE).exists()
+
+
+def test_folder_without_text_files_is_a_usage_error(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "data.csv").write_text("a,b\n")
+    with pytest.raises(UsageError, match="holds no"):
+        run_prepare(tmp_path / "out", tmp_path / "corpus")
+
+
+def test_glob_matching_nothing_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="holds no"):
+        run_prepare(tmp_path / "out", tmp_path / "*.md")
+
+
+def test_zero_val_fraction_without_val_file_is_a_usage_error(tmp_path, corpus_file):
+    with pytest.raises(UsageError, match="--val_fraction"):
+        run_prepare(tmp_path / "out", corpus_file, val_fraction=0.0)
+
+
+def test_max_documents_stops_early(tmp_path, docs_folder):
+    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.5, max_documents=2)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
+
+
+def test_meta_describes_the_prepared_data(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    meta = run_prepare(out, corpus_file, val_fraction=0.1, shard_tokens=5000)
+    assert meta["tokenizer"] == "bytes"
+    assert meta["vocab_size"] == 264
+    assert meta["dtype"] == "uint16"
+    for split in ("train", "val"):
+        info = meta["splits"][split]
+        assert info["tokens"] == sum(s["tokens"] for s in info["shards"]) == len(tokens(out, split))
+        for shard in info["shards"]:
+            assert shard["sha256"] == hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest()
+    assert len(meta["splits"]["train"]["shards"]) > 1
+    assert meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] == corpus_file.stat().st_size
+    assert meta["bytes_per_token_val"] == pytest.approx(1.0)  # one byte per token, separators excluded
+    saved = Tokenizer.from_json((out / TOKENIZER_FILE).read_text())
+    assert saved.kind == "bytes" and saved.n_vocab == 264
+
+
+def test_bpe_preparation_round_trips_the_text(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    meta = run_prepare(out, corpus_file, tokenizer="bpe", vocab_size=300, val_fraction=0.1)
+    tok = Tokenizer.from_json((out / TOKENIZER_FILE).read_text())
+    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == tok.n_vocab == 300
+    train_docs, val_docs = documents(tokens(out, "train"), tok), documents(tokens(out, "val"), tok)
+    assert "".join(train_docs + val_docs) == corpus_file.read_text(encoding="utf-8")
+    assert meta["bytes_per_token_val"] > 1.5  # merges compress the text
+
+
+def test_rerun_replaces_old_shards(tmp_path, corpus_file):
+    out = tmp_path / "out"
+    first = run_prepare(out, corpus_file, val_fraction=0.1, shard_tokens=1000)
+    assert len(first["splits"]["train"]["shards"]) > 3
+    small = tmp_path / "small.txt"
+    small.write_text("a much smaller corpus\nwith two lines\n", encoding="utf-8")
+    second = run_prepare(out, small, val_fraction=0.3)
+    listed = {s["file"] for split in second["splits"].values() for s in split["shards"]}
+    assert {p.name for p in out.glob("*.bin")} == listed == {"train_00000.bin", "val_00000.bin"}
+    assert bytes(tokens(out, "train")[:-1] + tokens(out, "val")[:-1]).decode() == small.read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_local_hugging_face_dataset_offline(tmp_path):
+    folder = tmp_path / "hf_dataset"
+    folder.mkdir()
+    rows = [{"text": f"hf document {i} 你好", "label": i} for i in range(6)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cfg = PrepareConfig(dataset=str(folder), out_dir=str(out), tokenizer="bytes", val_fraction=0.5)
+    prepare(cfg)
+    assert tokens(out, "train") == as_bytes_ids(*(r["text"] for r in rows[0::2]))
+    assert tokens(out, "val") == as_bytes_ids(*(r["text"] for r in rows[1::2]))
+    assert "dataset" in read_meta(out)["source"]
+
+    cfg = PrepareConfig(dataset=str(folder), out_dir=str(tmp_path / "out2"), tokenizer="bytes", val_fraction=0.5, text_field="content")
+    with pytest.raises(UsageError, match="--text_field") as info:
+        prepare(cfg)
+    assert "label" in str(info.value)  # lists the columns it does have
+
+
+def test_gpt2_tokenizer_offline_is_a_usage_error(tmp_path, corpus_file, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(UsageError, match="TIKTOKEN_CACHE_DIR"):
+        run_prepare(tmp_path / "out", corpus_file, tokenizer="gpt2")
+
+
+def test_default_data_dir_tells_sources_and_tokenizers_apart(tmp_path):
+    base = dict(inputs=[str(tmp_path / "a.txt")], tokenizer="bpe", vocab_size=4096)
+    a = default_data_dir(PrepareConfig(**base))
+    assert a == default_data_dir(PrepareConfig(**base))
+    assert a != default_data_dir(PrepareConfig(**{**base, "vocab_size": 8192}))
+    assert a != default_data_dir(PrepareConfig(**{**base, "tokenizer": "bytes"}))
+    assert a != default_data_dir(PrepareConfig(**{**base, "inputs": [str(tmp_path / "b" / "a.txt")]}))
+    assert a != default_data_dir(PrepareConfig(**{**base, "val_fraction": 0.05}))
+
+
+def test_prepare_script_help():
+    result = run_script("data/prepare.py", "--help")
+    assert result.returncode == 0
+    for name in ("--tokenizer", "--val_file", "--dataset", "--text_field", "--out_dir", "--shard_tokens"):
+        assert name in result.stdout
+
+
+def test_prepare_script_end_to_end(tmp_path, corpus_file):
+    out = tmp_path / "prepared"
+    result = run_script("data/prepare.py", corpus_file, "--tokenizer=bytes", f"--out_dir={out}", "--val_fraction=0.1")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    meta = read_meta(out)
+    assert meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"] == corpus_file.stat().st_size + 2
+    assert "train:" in result.stdout and "val:" in result.stdout
+
+
+def test_prepare_script_missing_input_is_one_line(tmp_path):
+    result = run_script("data/prepare.py", tmp_path / "missing.txt", "--tokenizer=bytes", f"--out_dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ") and "does not exist" in result.stderr
