@@ -3,6 +3,7 @@
 Loading uses torch.load(weights_only=True), which refuses any object that is not a tensor or plain data,
 so a checkpoint can never run code.
 """
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -22,11 +23,21 @@ def save_checkpoint(path, model, tokenizer, **extra):
         "format_version": FORMAT_VERSION,
         "model_config": vars(model.config).copy(),
         "model": model.state_dict(),
+        "weights_sha256": weights_digest(model.state_dict()),
         "tokenizer": tokenizer.to_json(),
         **extra,
     }
     with atomic_write(path) as f:
         torch.save(payload, f)
+
+
+def weights_digest(state_dict):
+    """sha256 over the weights' names and bytes: torch does not check its zip's CRCs, so corruption would load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def resolve_checkpoint(path):
@@ -47,15 +58,22 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({str(e).splitlines()[0][:120]})") from None
-    except (EOFError, RuntimeError, OSError) as e:
-        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupted?): {str(e).splitlines()[0][:120]}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt or "tokenizer" not in ckpt:
+        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({_first_line(e)})") from None
+    except Exception as e:  # torch raises many kinds for a truncated, empty or foreign file
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupted?): {_first_line(e)}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "model_config" not in ckpt or "tokenizer" not in ckpt:
         raise UsageError(f"{path} is not a checkpoint written by this toolkit (missing model, config or tokenizer)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise UsageError(f"{path} was written by a newer version of the toolkit (format {ckpt['format_version']}); update the code")
+    if weights_digest(ckpt["model"]) != ckpt.get("weights_sha256"):
+        raise UsageError(f"{path} is corrupted: its weights do not match the checksum saved with them")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _first_line(error):
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:120]
 
 
 def build_model(ckpt, device="cpu"):

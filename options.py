@@ -87,7 +87,7 @@ def read_config_file(name):
             raise UsageError(f"{where}: only `name = value` lines are allowed in config files (they are read as data, not run)")
         try:
             value = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError):
             raise UsageError(f"{where}: the value of {node.targets[0].id} must be a literal (number, string, True/False, None, list)") from None
         yield node.targets[0].id, value, where
 
@@ -151,10 +151,7 @@ def _convert(key, raw, tp, choices):
                 raise ValueError
             value = lowered in ("true", "1", "yes")
         elif base is int:
-            number = float(raw)  # accepts 1e4
-            if number != int(number):
-                raise ValueError
-            value = int(number)
+            value = _parse_int(raw)
         elif base is float:
             value = float(raw)
         elif typing.get_origin(base) is list:
@@ -162,9 +159,20 @@ def _convert(key, raw, tp, choices):
             value = [item(x) for x in raw.split(",") if x]
         else:
             value = raw
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UsageError(f"--{key}={raw}: expected {_type_name(tp)}") from None
     return _check_choice(key, value, choices)
+
+
+def _parse_int(raw):
+    """An integer, exactly; also scientific notation such as 1e4 when it is a whole number."""
+    try:
+        return int(raw)
+    except ValueError:
+        number = float(raw)
+        if number != int(number):  # int() of inf raises OverflowError, of nan ValueError
+            raise ValueError from None
+        return int(number)
 
 
 def _check_value(key, value, tp, choices, where):

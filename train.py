@@ -217,13 +217,15 @@ def seed_everything(seed):
 
 
 def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state()[1].tolist(), "torch": torch.get_rng_state(),
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, gauss], "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng_state(state):
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 0, 0, 0.0))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -243,7 +245,7 @@ def train(cfg):
     tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
     train_windows = RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed)
     val_arrays = load_split(data_dir, "val")
-    byte_lengths = torch.tensor(tokenizer.token_byte_lengths() + [0] * 64, device=device)  # padding ids: 0 bytes
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), device=device)
 
     config = model_config(cfg, tokenizer.n_vocab)
     model = GPT(config).to(device)

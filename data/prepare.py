@@ -14,11 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from tqdm import tqdm
 
-from common import UsageError, run_cli
+from common import UsageError, atomic_write, run_cli
 from data.shards import META_FILE, TOKENIZER_FILE, ShardWriter, token_dtype, write_meta
 from data.sources import builtin_corpus_files, dataset_documents, expand_inputs, file_documents
 from data.tokenizer import KINDS, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
-from common import atomic_write
 from options import option, parse_options
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +64,7 @@ def corpus_documents(cfg):
         files = expand_inputs(cfg.inputs) if cfg.inputs else builtin_corpus_files()
         docs = (doc for path in files for doc in file_documents(path, cfg.text_field))
         total = sum(p.stat().st_size for p in files)
-        what = f"{len(files)} files" if cfg.inputs else f"the built-in corpus ({len(files)} files of Python's standard library)"
+        what = f"{len(files)} file{'s' * (len(files) != 1)}" if cfg.inputs else f"the built-in corpus ({len(files)} files of Python's standard library)"
     if cfg.max_documents:
         docs = itertools.islice(docs, cfg.max_documents)
     return docs, total, what
@@ -103,9 +102,9 @@ def split_documents(docs, val_fraction):
 def labelled_documents(cfg):
     docs, total, what = corpus_documents(cfg)
     if cfg.val_file:
-        val = ((("val", d) for d in file_documents(Path(cfg.val_file), cfg.text_field)))
         if not Path(cfg.val_file).is_file():
             raise UsageError(f"--val_file={cfg.val_file} does not exist")
+        val = (("val", d) for d in file_documents(Path(cfg.val_file), cfg.text_field))
         return itertools.chain((("train", d) for d in docs), val), total, what
     return split_documents(docs, cfg.val_fraction), total, what
 
@@ -155,11 +154,12 @@ def prepare(cfg):
             for (split, text), ids in zip(chunk, tokenizer.encode_batch([t for _, t in chunk], num_threads=workers)):
                 ids.append(tokenizer.eot_id)
                 writers[split].add(ids)
+                n_bytes = len(text.encode("utf-8"))
                 c = counts[split]
                 c["documents"] += 1
-                c["bytes"] += len(text.encode("utf-8"))
+                c["bytes"] += n_bytes
                 c["tokens"] += len(ids)
-                bar.update(len(text))
+                bar.update(n_bytes)
     if counts["train"]["bytes"] == 0:
         raise UsageError(f"the corpus is empty: {what} hold no text")
     if counts["val"]["bytes"] == 0:

@@ -163,3 +163,22 @@ def test_rope_needs_an_even_head_size():
 def test_config_round_trips_through_a_dict():
     config = tiny_config("modern", rope_base=500.0)
     assert GPTConfig.from_dict({**vars(config), "unknown_future_key": 1}) == config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_full_size_gpt2_kv_cache_matches_full_forward(preset):
+    """At GPT-2 124M scale (float32 on CPU) the cached decode still agrees with a full forward."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset(preset, n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024)).eval()
+    if model.config.zero_init_proj:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    p.normal_(0.0, 0.02)
+    idx = torch.randint(0, 50257, (1, 48))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache(model.config, 1, 1024, "cpu")
+        pieces = [model(idx[:, :32], kv_cache=cache)] + [model(idx[:, t:t + 1], kv_cache=cache) for t in range(32, 48)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-4)

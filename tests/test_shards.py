@@ -132,7 +132,6 @@ def test_interrupted_write_keeps_the_old_file_and_no_temp_file(tmp_path):
 
 
 def test_crash_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / META_FILE
     write_meta(tmp_path, {"version": 1, "old": True})
 
     def crash(src, dst):
