@@ -10,7 +10,7 @@ from pathlib import Path
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_CACHE", str(Path(tempfile.gettempdir()) / "gptkit-tests-hf-cache"))
-# Tiny models run fastest on one thread; several threads on a small VM can be 100x slower per step.
+# Tiny models run fastest on one thread, and threads fighting over 2 cores (or another job) slow each step badly.
 # Subprocesses (the CLI tests) inherit this through the environment.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")

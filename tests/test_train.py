@@ -340,3 +340,14 @@ def test_rng_state_round_trip():
     expected = (np.random.random(), torch.rand(1).item())
     train_module.restore_rng_state(state)
     assert (np.random.random(), torch.rand(1).item()) == expected
+
+
+def test_wandb_logging_works_offline(tmp_path, data_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(tiny_run(tmp_path / "out", data_dir, max_iters=10, wandb=True, wandb_run_name="tiny"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
