@@ -242,6 +242,8 @@ def train(cfg):
 
     data_dir = prepared_data(cfg)
     meta = read_meta(data_dir)
+    if meta["tokenizer"] != cfg.tokenizer:
+        print(f"note: {data_dir} was prepared with the {meta['tokenizer']} tokenizer, which this run uses (--tokenizer applies when preparing)")
     tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
     train_windows = RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed)
     val_arrays = load_split(data_dir, "val")
