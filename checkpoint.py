@@ -4,7 +4,9 @@ Loading uses torch.load(weights_only=True), which refuses any object that is not
 so a checkpoint can never run code.
 """
 import hashlib
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +31,22 @@ def save_checkpoint(path, model, tokenizer, **extra):
     }
     with atomic_write(path) as f:
         torch.save(payload, f)
+
+
+def save_rotating(out_dir, keep_last, model, tokenizer, **extra):
+    """Write ckpt_STEP.pt, point last.pt at it (a hard link swapped in atomically), keep only the newest keep_last."""
+    out_dir = Path(out_dir)
+    path = out_dir / f"ckpt_{extra['step']:07d}.pt"
+    save_checkpoint(path, model, tokenizer, **extra)
+    link = out_dir / f".{LAST}.link{os.getpid()}"
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, link)
+    os.replace(link, out_dir / LAST)
+    for old in sorted(out_dir.glob("ckpt_*.pt"))[:-keep_last]:
+        old.unlink()
 
 
 def weights_digest(state_dict):

@@ -5,8 +5,9 @@ trains a small model, evaluates it, saves checkpoints under out/ and prints a sa
 """
 import json
 import math
-import os
 import random
+import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_rotating
 from common import UsageError, pick_device, run_cli
 from data.loader import RandomWindows, sequential_windows
 from data.prepare import PrepareConfig, default_data_dir, prepare
@@ -79,17 +80,53 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "random seed")
-    resume: bool = option(False, "continue from out_dir/last.pt")
+    resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it", ("auto", "true", "false"))
+    keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest")
+    max_bad_steps: int = option(5, "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
 
 
 def check_config(cfg):
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "log_interval"):
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "log_interval", "keep_last", "max_bad_steps"):
         if getattr(cfg, key) <= 0:
             raise UsageError(f"--{key}={getattr(cfg, key)} must be positive")
     if cfg.max_iters < 0 or cfg.warmup_iters < 0:
         raise UsageError("--max_iters and --warmup_iters must not be negative")
     if not 0 <= cfg.dropout < 1:
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.resume not in ("auto", "true", "false"):
+        raise UsageError(f"--resume={cfg.resume}: expected one of auto, true, false")
+
+
+class TrainingStopped(Exception):
+    """Raised after a SIGTERM or first Ctrl-C, once the step in flight is done and a checkpoint is saved."""
+
+    def __init__(self, signal_name, step):
+        super().__init__(signal_name, step)
+        self.signal_name, self.step = signal_name, step
+
+
+class StopSignals:
+    """The first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the current step; a second SIGINT quits at once."""
+
+    def __init__(self):
+        self.requested, self.previous = None, {}
+
+    def __enter__(self):
+        try:
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            self.previous = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested} received: finishing this step and saving a checkpoint (Ctrl-C again quits at once)", flush=True)
 
 
 def prepared_data(cfg):
@@ -254,11 +291,12 @@ def train(cfg):
     optimizers = make_optimizers(model, cfg, device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    step, best_val_loss, tokens_seen = 0, float("inf"), 0
-    if cfg.resume:
-        step, best_val_loss, tokens_seen = resume(out_dir / LAST, model, optimizers, train_windows, config, tokenizer)
+    step, best_val_loss, tokens_seen, skipped_steps = 0, float("inf"), 0, 0
+    resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
+    if resumed:
+        step, best_val_loss, tokens_seen, skipped_steps = resume(out_dir / LAST, model, optimizers, train_windows, config, tokenizer)
     train_model = torch.compile(model) if cfg.compile else model
-    log = MetricsLog(cfg, fresh=not cfg.resume)
+    log = MetricsLog(cfg, fresh=not resumed)
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     flops_per_token, peak = model.flops_per_token(), peak_flops(device)
@@ -266,66 +304,91 @@ def train(cfg):
     print(f"model: {cfg.preset} preset, {model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers x {cfg.n_embd} wide, context {cfg.block_size}")
     print(f"training on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of {tokens_per_step:,} tokens, {cfg.optimizer}")
 
-    def checkpoint_state():
-        return dict(train_config=asdict(cfg), step=step, best_val_loss=best_val_loss, tokens_seen=tokens_seen,
-                    optimizers=[o.state_dict() for o in optimizers], loader=train_windows.state_dict(), rng=rng_state())
+    def save_last():
+        save_rotating(out_dir, cfg.keep_last, model, tokenizer, train_config=asdict(cfg), step=step, best_val_loss=best_val_loss,
+                      tokens_seen=tokens_seen, skipped_steps=skipped_steps, optimizers=[o.state_dict() for o in optimizers],
+                      loader=train_windows.state_dict(), rng=rng_state())
 
     started = last_log = time.time()
-    window_start_step = step
-    while True:
-        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-            metrics = evaluate(train_model, sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens), byte_lengths, device, autocast)
-            improved = metrics["val_loss"] < best_val_loss
-            best_val_loss = min(best_val_loss, metrics["val_loss"])
-            print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
-            log.write({"iter": step, "tokens": tokens_seen, **metrics})
-            if step > 0 or cfg.resume:
-                save_checkpoint(out_dir / LAST, model, tokenizer, **checkpoint_state())
-                if improved:
-                    save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, **metrics)
-            last_log = time.time()  # keep evaluation time out of the throughput figure
-        if step == cfg.max_iters:
-            break
+    window_start_step, bad_in_a_row = step, 0
+    with StopSignals() as stop:
+        while True:
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                metrics = evaluate(train_model, sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens), byte_lengths, device, autocast)
+                improved = metrics["val_loss"] < best_val_loss
+                best_val_loss = min(best_val_loss, metrics["val_loss"])
+                print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
+                log.write({"iter": step, "tokens": tokens_seen, **metrics})
+                if step > 0 or resumed:
+                    save_last()
+                    if improved:
+                        save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, **metrics)
+                last_log = time.time()  # keep evaluation time out of the throughput figure
+            if step == cfg.max_iters:
+                break
 
-        multiplier = lr_multiplier(step, cfg)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["peak_lr"] * multiplier
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in train_windows.next_batch())
-            with autocast:
-                loss = train_model(x, y) / cfg.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += tokens_per_step
+            loss, grad_norm = train_step(train_model, model, optimizers, train_windows, cfg, step, device, autocast)
+            step += 1
+            tokens_seen += tokens_per_step
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                bad_in_a_row = 0
+            else:
+                skipped_steps += 1
+                bad_in_a_row += 1
+                print(f"step {step}: non-finite loss ({loss:.4g}) or gradient norm ({grad_norm:.4g}); update skipped ({skipped_steps} so far)", flush=True)
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise UsageError(f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient; "
+                                     f"the last good checkpoint is {out_dir / LAST}; lower --lr or raise --warmup_iters")
 
-        if step % cfg.log_interval == 0 or step == cfg.max_iters:
-            now = time.time()
-            tokens_per_s = (step - window_start_step) * tokens_per_step / (now - last_log)
-            eta = (cfg.max_iters - step) * tokens_per_step / tokens_per_s
-            record = {"iter": step, "tokens": tokens_seen, "loss": loss_sum, "lr": optimizers[-1].param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
-            mfu = ""
-            if peak:
-                record["mfu"] = flops_per_token * tokens_per_s / peak
-                mfu = f" | mfu {100 * record['mfu']:.1f}%"
-            print(f"step {step}/{cfg.max_iters} ({100 * step / cfg.max_iters:.0f}%) | loss {loss_sum:.4f} | lr {record['lr']:.2e} | "
-                  f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
-            log.write(record)
-            last_log, window_start_step = now, step
+            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                now = time.time()
+                tokens_per_s = (step - window_start_step) * tokens_per_step / (now - last_log)
+                eta = (cfg.max_iters - step) * tokens_per_step / tokens_per_s
+                record = {"iter": step, "tokens": tokens_seen, "loss": loss, "lr": optimizers[-1].param_groups[0]["lr"],
+                          "tokens_per_s": tokens_per_s, "skipped_steps": skipped_steps}
+                mfu = ""
+                if peak:
+                    record["mfu"] = flops_per_token * tokens_per_s / peak
+                    mfu = f" | mfu {100 * record['mfu']:.1f}%"
+                print(f"step {step}/{cfg.max_iters} ({100 * step / cfg.max_iters:.0f}%) | loss {loss:.4f} | lr {record['lr']:.2e} | "
+                      f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
+                log.write(record)
+                last_log, window_start_step = now, step
+            if stop.requested:
+                save_last()
+                log.close()
+                raise TrainingStopped(stop.requested, step)
 
     log.close()
     print(f"done in {format_seconds(time.time() - started)}; best val loss {best_val_loss:.4f}; checkpoints in {out_dir}/")
     if cfg.sample_tokens:
         print_sample(model, tokenizer, cfg)
     return model
+
+
+def train_step(train_model, model, optimizers, batches, cfg, step, device, autocast):
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm).
+
+    A step whose loss or gradient is not finite changes no weight and no optimizer state.
+    """
+    multiplier = lr_multiplier(step, cfg)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * multiplier
+    loss_sum = 0.0
+    for _ in range(cfg.grad_accum):
+        x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in batches.next_batch())
+        with autocast:
+            loss = train_model(x, y) / cfg.grad_accum
+        loss.backward()
+        loss_sum += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
+    if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+        for opt in optimizers:
+            opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
 
 
 def resume(path, model, optimizers, train_windows, config, tokenizer):
@@ -340,8 +403,8 @@ def resume(path, model, optimizers, train_windows, config, tokenizer):
         opt.load_state_dict(state)
     train_windows.load_state_dict(ckpt["loader"])
     restore_rng_state(ckpt["rng"])
-    print(f"resuming from {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["best_val_loss"], ckpt["tokens_seen"]
+    print(f"resuming from {path} at step {ckpt['step']} (--resume=false starts over)")
+    return ckpt["step"], ckpt["best_val_loss"], ckpt["tokens_seen"], ckpt.get("skipped_steps", 0)
 
 
 def print_sample(model, tokenizer, cfg):
@@ -358,7 +421,12 @@ def print_sample(model, tokenizer, cfg):
 
 def main():
     cfg = parse_options(TrainConfig, description=__doc__, default_config="default")
-    train(cfg)
+    try:
+        train(cfg)
+    except TrainingStopped as stopped:
+        print(f"stopped by {stopped.signal_name} at step {stopped.step}; the checkpoint is in {cfg.out_dir}/. "
+              f"Run the same command again to resume.", file=sys.stderr)
+        sys.exit(128 + signal.Signals[stopped.signal_name].value)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,10 @@ def load_split(folder, split, verify=True):
             raise UsageError(f"shard {path} has {path.stat().st_size} bytes, expected {shard['tokens'] * dtype.itemsize} (truncated?); {fix}")
         if verify and _sha256(path) != shard["sha256"]:
             raise UsageError(f"shard {path} is corrupted (checksum mismatch); {fix}")
-        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        array = np.memmap(path, dtype=dtype, mode="r")
+        if verify and len(array) and int(array.max()) >= meta["vocab_size"]:
+            raise UsageError(f"shard {path} holds token id {int(array.max())}, beyond the tokenizer's {meta['vocab_size']} ids; {fix}")
+        arrays.append(array)
     return arrays
 
 

@@ -85,7 +85,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, data_dir):
     out = tmp_path / "out"
     train(tiny_run(out, data_dir, max_iters=20))
     assert load_checkpoint(out / LAST)["step"] == 20
-    train(tiny_run(out, data_dir, max_iters=30, resume=True))
+    train(tiny_run(out, data_dir, max_iters=30, resume="true"))
     last = load_checkpoint(out / LAST)
     assert last["step"] == 30 and last["tokens_seen"] == 30 * 8 * 32
     evals, steps = metrics(out)
@@ -111,7 +111,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, data
         train(cfg)
     monkeypatch.setattr(train_module, "lr_multiplier", real)
     assert load_checkpoint(tmp_path / "interrupted" / LAST)["step"] == 10
-    resumed = train(replace(cfg, resume=True))
+    resumed = train(replace(cfg, resume="true"))
 
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
@@ -122,7 +122,7 @@ def test_resume_with_a_different_model_is_a_usage_error(tmp_path, data_dir):
     out = tmp_path / "out"
     train(tiny_run(out, data_dir, max_iters=10))
     with pytest.raises(UsageError, match="n_embd") as info:
-        train(tiny_run(out, data_dir, max_iters=20, n_embd=16, resume=True))
+        train(tiny_run(out, data_dir, max_iters=20, n_embd=16, resume="true"))
     assert "--out_dir" in str(info.value)
 
 
@@ -132,12 +132,12 @@ def test_resume_with_a_different_tokenizer_is_a_usage_error(tmp_path, data_dir, 
     bpe_dir = tmp_path / "bpe"
     prepare(PrepareConfig(inputs=[str(corpus_file)], tokenizer="bpe", vocab_size=300, val_fraction=0.1, out_dir=str(bpe_dir)))
     with pytest.raises(UsageError, match="different tokenizer"):
-        train(tiny_run(out, bpe_dir, max_iters=20, resume=True))  # 300 ids pad to the same 320 as bytes
+        train(tiny_run(out, bpe_dir, max_iters=20, resume="true"))  # 300 ids pad to the same 320 as bytes
 
 
 def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path, data_dir):
     with pytest.raises(UsageError, match="does not exist"):
-        train(tiny_run(tmp_path / "empty", data_dir, resume=True))
+        train(tiny_run(tmp_path / "empty", data_dir, resume="true"))
 
 
 @pytest.mark.parametrize("bad, fragment", [
