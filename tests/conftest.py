@@ -71,3 +71,14 @@ def shakespeare_text():
     if not SHAKESPEARE.is_file():
         pytest.skip(f"{SHAKESPEARE} is absent")
     return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, corpus_text):
+    """The synthetic corpus prepared once with the bytes tokenizer, 10% held out. Tests must not modify it."""
+    from data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], tokenizer="bytes", val_fraction=0.1, out_dir=str(root / "bytes")))
+    return root / "bytes"

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,20 +14,11 @@ from hypothesis import given, strategies as st
 import train as train_module
 from checkpoint import LAST, load_checkpoint
 from common import UsageError
-from data.prepare import PrepareConfig, prepare
 from data.shards import load_split, read_meta
 from helpers import REPO
 from model import GPT
 from options import parse_options
 from train import TrainConfig, TrainingStopped, check_config, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpus_text):
-    root = tmp_path_factory.mktemp("prepared")
-    (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")
-    prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], tokenizer="bytes", val_fraction=0.1, out_dir=str(root / "bytes")))
-    return root / "bytes"
 
 
 def tiny_run(out_dir, data_dir, **overrides):

@@ -19,15 +19,6 @@ from model import GPT
 from train import TrainConfig, evaluate, lr_multiplier, model_config, train
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpus_text):
-    """The synthetic corpus prepared once with the bytes tokenizer."""
-    root = tmp_path_factory.mktemp("prepared")
-    (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")
-    prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], tokenizer="bytes", val_fraction=0.1, out_dir=str(root / "bytes")))
-    return root / "bytes"
-
-
 def tiny_run(out_dir, data_dir="", **overrides):
     base = dict(out_dir=str(out_dir), data_dir=str(data_dir), tokenizer="bytes", preset="modern", n_layer=2, n_head=2, n_embd=32,
                 block_size=32, batch_size=8, max_iters=40, eval_interval=10, eval_tokens=2048, log_interval=10, warmup_iters=5,
