@@ -132,13 +132,12 @@ class StopSignals:
 def prepared_data(cfg):
     """The prepared data folder for this run, preparing the corpus first when needed."""
     prep = PrepareConfig(inputs=[cfg.data_path] if cfg.data_path else [], dataset=cfg.dataset, text_field=cfg.text_field,
-                         tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction, out_dir=cfg.data_dir)
-    folder = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(prep)
-    if not is_prepared(folder):
-        print(f"preparing data into {folder} (once; later runs reuse it)", flush=True)
-        prep.out_dir = str(folder)
+                         tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction)
+    prep.out_dir = cfg.data_dir or str(default_data_dir(prep))
+    if not is_prepared(prep.out_dir):
+        print(f"preparing data into {prep.out_dir} (once; later runs reuse it)", flush=True)
         prepare(prep)
-    return folder
+    return Path(prep.out_dir)
 
 
 def model_config(cfg, vocab_size):
