@@ -21,11 +21,12 @@ LAST, BEST = "last.pt", "best.pt"
 
 def save_checkpoint(path, model, tokenizer, **extra):
     """Write model config, weights, tokenizer and any extra training state to `path`, atomically."""
+    weights = model.state_dict()
     payload = {
         "format_version": FORMAT_VERSION,
         "model_config": vars(model.config).copy(),
-        "model": model.state_dict(),
-        "weights_sha256": weights_digest(model.state_dict()),
+        "model": weights,
+        "weights_sha256": weights_digest(weights),
         "tokenizer": tokenizer.to_json(),
         **extra,
     }

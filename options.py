@@ -193,6 +193,12 @@ def _check_value(key, value, tp, choices, where):
     return _check_choice(key, value, choices, where)
 
 
+def check_choices(cfg):
+    """Check every option with a fixed set of values, for configs built in code rather than parsed."""
+    for f in dataclasses.fields(cfg):
+        _check_choice(f.name, getattr(cfg, f.name), f.metadata.get("choices"))
+
+
 def _check_choice(key, value, choices, where=None):
     if choices and value not in choices:
         prefix = f"{where}: " if where else ""

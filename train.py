@@ -25,7 +25,7 @@ from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from data.tokenizer import KINDS, Tokenizer
 from generate import TextStream, generate
 from model import GPT, PRESETS, GPTConfig
-from options import option, parse_options
+from options import check_choices, option, parse_options
 
 # Dense bf16 peak FLOP/s of known GPUs, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -93,8 +93,7 @@ def check_config(cfg):
         raise UsageError("--max_iters and --warmup_iters must not be negative")
     if not 0 <= cfg.dropout < 1:
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
-    if cfg.resume not in ("auto", "true", "false"):
-        raise UsageError(f"--resume={cfg.resume}: expected one of auto, true, false")
+    check_choices(cfg)
 
 
 class TrainingStopped(Exception):
@@ -309,7 +308,8 @@ def train(cfg):
                       loader=train_windows.state_dict(), rng=rng_state())
 
     started = last_log = time.time()
-    window_start_step, bad_in_a_row = step, 0
+    start_step = window_start_step = step
+    bad_in_a_row = 0
     with StopSignals() as stop:
         while True:
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
@@ -318,7 +318,7 @@ def train(cfg):
                 best_val_loss = min(best_val_loss, metrics["val_loss"])
                 print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
                 log.write({"iter": step, "tokens": tokens_seen, **metrics})
-                if step > 0 or resumed:
+                if step > start_step:  # not the state just loaded (or the untrained one)
                     save_last()
                     if improved:
                         save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, **metrics)

@@ -89,8 +89,9 @@ def load_split(folder, split, verify=True):
         if verify and _sha256(path) != shard["sha256"]:
             raise UsageError(f"shard {path} is corrupted (checksum mismatch); {fix}")
         array = np.memmap(path, dtype=dtype, mode="r")
-        if verify and len(array) and int(array.max()) >= meta["vocab_size"]:
-            raise UsageError(f"shard {path} holds token id {int(array.max())}, beyond the tokenizer's {meta['vocab_size']} ids; {fix}")
+        largest = int(array.max()) if verify and len(array) else 0
+        if largest >= meta["vocab_size"]:
+            raise UsageError(f"shard {path} holds token id {largest}, beyond the tokenizer's {meta['vocab_size']} ids; {fix}")
         arrays.append(array)
     return arrays
 
