@@ -108,11 +108,11 @@ def usage(cls, description, positional):
         kind = _type_name(types[f.name])
         choices = f.metadata.get("choices")
         extra = f" (one of: {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"  --{f.name}={_format(default)}  [{kind}]  {f.metadata.get('help', '')}{extra}")
+        lines.append(f"  --{f.name}={format_value(default)}  [{kind}]  {f.metadata.get('help', '')}{extra}")
     return "\n".join(lines)
 
 
-def _format(value):
+def format_value(value):
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
@@ -202,5 +202,14 @@ def check_choices(cfg):
 def _check_choice(key, value, choices, where=None):
     if choices and value not in choices:
         prefix = f"{where}: " if where else ""
-        raise UsageError(f"{prefix}--{key}={_format(value)}: expected one of {', '.join(map(str, choices))}")
+        raise UsageError(f"{prefix}--{key}={format_value(value)}: expected one of {', '.join(map(str, choices))}")
+    return value
+
+
+def set_option(cfg, key, raw):
+    """Set one option of a parsed config from text, as --key=raw would (chat.py's /set)."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    _check_known(key, fields)
+    value = _convert(key, raw, typing.get_type_hints(type(cfg))[key], fields[key].metadata.get("choices"))
+    setattr(cfg, key, value)
     return value

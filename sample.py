@@ -1,27 +1,27 @@
-"""Print completions from a trained checkpoint: python sample.py --ckpt=out --prompt="def " [--key=value ...]"""
+"""Print completions from a trained checkpoint: python sample.py --ckpt=out --prompt="def " [--key=value ...]
+
+Sampling (temperature, top_k, top_p, min_p, repetition_penalty, stop strings) or, with --beam_size, beam search.
+"""
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from checkpoint import build_model, load_checkpoint
 from common import UsageError, pick_device, run_cli
-from generate import TextStream, generate
+from generate import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
 from options import option, parse_options
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplingOptions):
     ckpt: str = option("out", "a checkpoint file, or the folder train.py wrote (best.pt, else last.pt)")
     prompt: str = option("", "text to continue (empty: start a new document)")
     prompt_file: str = option("", "read the prompt from this UTF-8 file instead")
     num_samples: int = option(1, "how many completions to print")
-    max_new_tokens: int = option(200, "tokens to generate per completion")
-    temperature: float = option(0.8, "0 picks the most likely token; higher is more random")
-    top_k: Optional[int] = option(50, "sample only among the k most likely tokens (none: all)")
-    seed: Optional[int] = option(1337, "random seed (none: different every run)")
+    beam_size: int = option(0, "beam search with this many beams instead of sampling: deterministic, length-normalised (0: sample)")
+    length_penalty: float = option(1.0, "beam search ranks by log-probability / length**length_penalty (0: raw log-probability)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
@@ -37,10 +37,23 @@ def read_prompt(cfg):
         raise UsageError(f"--prompt_file={path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
+def completions(model, tokenizer, prompt_ids, cfg, index):
+    """The token stream of completion number `index`: a beam search result, or a sample with its own seed."""
+    stop_ids = {tokenizer.eot_id}
+    if cfg.beam_size:
+        return iter(beam_search(model, prompt_ids, cfg.beam_size, cfg.max_new_tokens, stop_ids, tokenizer.n_vocab, cfg.length_penalty))
+    sampling = sampling_kwargs(cfg)
+    sampling["seed"] = None if cfg.seed is None else cfg.seed + index
+    return generate(model, prompt_ids, cfg.max_new_tokens, stop_ids=stop_ids, vocab_limit=tokenizer.n_vocab, **sampling)
+
+
 def main():
     cfg = parse_options(SampleConfig, description=__doc__, positional=None)
-    if cfg.temperature < 0 or cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise UsageError("--temperature and --max_new_tokens must not be negative, and --num_samples must be at least 1")
+    check_sampling(cfg)
+    if cfg.num_samples < 1 or cfg.beam_size < 0:
+        raise UsageError("--num_samples must be at least 1 and --beam_size must not be negative")
+    if cfg.beam_size and cfg.num_samples > 1:
+        raise UsageError("beam search is deterministic: use --num_samples=1 with --beam_size")
     device = pick_device(cfg.device)
     model, tokenizer = build_model(load_checkpoint(cfg.ckpt), device)
     prompt = read_prompt(cfg)
@@ -48,14 +61,12 @@ def main():
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:
             print(f"--- sample {i + 1} ---")
-        stream = TextStream(tokenizer)
         sys.stdout.write(prompt)
-        seed = None if cfg.seed is None else cfg.seed + i
-        for token in generate(model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, seed,
-                              stop_ids={tokenizer.eot_id}, vocab_limit=tokenizer.n_vocab):
-            sys.stdout.write(stream.feed(token))
+        tokens = (t for t in completions(model, tokenizer, prompt_ids, cfg, i) if t != tokenizer.eot_id)
+        for piece in stream_text(tokens, tokenizer, stop_strings(cfg)):
+            sys.stdout.write(piece)
             sys.stdout.flush()
-        print(stream.flush())
+        print()
 
 
 if __name__ == "__main__":
