@@ -59,3 +59,55 @@ def sequential_windows(arrays, batch_size, block_size, max_tokens=0):
 def _as_batch(rows):
     batch = np.stack(rows)
     return batch[:, :-1], batch[:, 1:]
+
+
+class ConversationBatches:
+    """Training batches of rendered conversations, shuffled anew every epoch; resumable from (epoch, index).
+
+    Rows are padded to the longest in the batch; targets are -1 where the loss mask is 0 and on padding.
+    """
+
+    def __init__(self, rows, batch_size, seed, pad_id):
+        if not rows:
+            raise UsageError("no conversation fits the context; raise --block_size or use shorter conversations")
+        self.rows, self.batch_size, self.seed, self.pad_id = rows, batch_size, seed, pad_id
+        self.epoch, self.index = 0, 0
+        self.order = self._order()
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+
+    def next_batch(self):
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.index == len(self.rows):
+                self.epoch, self.index = self.epoch + 1, 0
+                self.order = self._order()
+            picked.append(self.rows[self.order[self.index]])
+            self.index += 1
+        return padded_batch(picked, self.pad_id)
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state):
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = self._order()
+
+
+def conversation_batches(rows, batch_size, pad_id):
+    """Every row once, in order, in batches (validation)."""
+    for start in range(0, len(rows), batch_size):
+        yield padded_batch(rows[start:start + batch_size], pad_id)
+
+
+def padded_batch(rows, pad_id):
+    """(x, y) int64 arrays (B, T) from (ids, mask) rows; y is -1 wherever no loss is taken."""
+    width = max(len(ids) for ids, _ in rows) - 1
+    x = np.full((len(rows), width), pad_id, dtype=np.int64)
+    y = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, (ids, mask) in enumerate(rows):
+        ids, mask = np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
+        x[i, :len(ids) - 1] = ids[:-1]
+        y[i, :len(ids) - 1] = np.where(mask[1:], ids[1:], -1)
+    return x, y

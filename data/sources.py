@@ -46,16 +46,21 @@ def file_documents(path, text_field="text"):
     if Path(path).suffix != ".jsonl":
         yield text
         return
+    for line_number, record in jsonl_records(path, text):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UsageError(f"{path}:{line_number} has no string field {text_field!r}; name the right one with --text_field")
+        yield record[text_field]
+
+
+def jsonl_records(path, text):
+    """(line number, parsed object) for each non-blank line of a JSONL text; a bad line is an error naming it."""
     for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield line_number, json.loads(line)
         except ValueError:
             raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise UsageError(f"{path}:{line_number} has no string field {text_field!r}; name the right one with --text_field")
-        yield record[text_field]
 
 
 def dataset_documents(name, split="train", text_field="text", streaming=False):

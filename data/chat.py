@@ -1,0 +1,120 @@
+"""Conversations: the chat template, loss masks, and reading `messages` from JSONL files or Hugging Face datasets.
+
+A conversation is rendered from the special tokens every tokenizer reserves:
+
+    <|bos|> <|system_start|> ... <|system_end|> <|user_start|> ... <|user_end|> <|assistant_start|> ... <|assistant_end|> ...
+
+Each message is encoded on its own, so the tokens of a conversation are the tokens of its first messages followed by
+those of the next one: chat.py relies on that to keep its KV cache across turns.
+"""
+from pathlib import Path
+
+from common import UsageError
+from data.sources import dataset_documents, jsonl_records
+
+ROLES = ("system", "user", "assistant")
+
+
+def message_ids(tokenizer, role, content_ids):
+    """One message's tokens and loss mask: the assistant learns its own words and its end-of-turn token, nothing else."""
+    start, end = tokenizer.special_id(f"<|{role}_start|>"), tokenizer.special_id(f"<|{role}_end|>")
+    ids = [start, *content_ids, end]
+    learn = 1 if role == "assistant" else 0
+    return ids, [0] + [learn] * (len(ids) - 1)
+
+
+def render_conversation(tokenizer, messages):
+    """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
+    check_messages(messages)
+    ids, mask = [tokenizer.special_id("<|bos|>")], [0]
+    for message in messages:
+        message_tokens, message_mask = message_ids(tokenizer, message["role"], tokenizer.encode(message["content"]))
+        ids += message_tokens
+        mask += message_mask
+    return ids, mask
+
+
+def render_prompt(tokenizer, messages):
+    """The tokens that ask the model for the next assistant reply: the conversation, then <|assistant_start|>."""
+    ids, _ = render_conversation(tokenizer, messages)
+    return ids + [tokenizer.special_id("<|assistant_start|>")]
+
+
+def check_messages(messages, where="conversation"):
+    """Raise a UsageError saying what is wrong unless messages is a list of {role, content} with a system turn only first."""
+    if not isinstance(messages, list) or not messages:
+        raise UsageError(f"{where}: `messages` must be a non-empty list of {{\"role\": ..., \"content\": ...}} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise UsageError(f"{where}: message {i + 1} needs a string \"content\"")
+        if message.get("role") not in ROLES:
+            raise UsageError(f"{where}: message {i + 1} has role {message.get('role')!r}; use one of {', '.join(ROLES)}")
+        if message["role"] == "system" and i > 0:
+            raise UsageError(f"{where}: message {i + 1} is a system message; only the first message may be one")
+
+
+def read_conversations(path):
+    """The conversations of a JSONL file: one {"messages": [...]} object per line (extra fields are kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"conversation file {path} does not exist; give a .jsonl file with one {{\"messages\": [...]}} per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    conversations = []
+    for line_number, record in jsonl_records(path, text):
+        if not isinstance(record, dict) or "messages" not in record:
+            raise UsageError(f"{path}:{line_number} has no \"messages\" field; each line must be {{\"messages\": [...]}}")
+        check_messages(record["messages"], f"{path}:{line_number}")
+        conversations.append(record)
+    if not conversations:
+        raise UsageError(f"{path} holds no conversations")
+    return conversations
+
+
+def dataset_conversations(name, split="train"):
+    """The conversations of a Hugging Face dataset with a `messages` column."""
+    conversations = []
+    for i, messages in enumerate(dataset_documents(name, split, text_field="messages")):
+        messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages]
+        check_messages(messages, f"dataset {name!r} record {i + 1}")
+        conversations.append({"messages": messages})
+    if not conversations:
+        raise UsageError(f"dataset {name!r} split {split!r} holds no conversations")
+    return conversations
+
+
+def fit_to_context(ids, mask, max_tokens):
+    """Cut a rendered conversation to at most max_tokens on a turn boundary; None when no assistant turn fits.
+
+    Training rows hold max_tokens = block_size + 1 tokens (inputs and shifted targets). A turn ends after an
+    <|assistant_end|>, which is the last token with mask 1 in a run of them.
+    """
+    if len(ids) <= max_tokens:
+        return (ids, mask) if any(mask[1:]) else None
+    cut = 0
+    for i in range(1, max_tokens):
+        if mask[i] == 1 and (i + 1 == len(mask) or mask[i + 1] == 0):
+            cut = i + 1  # just after an assistant turn's end
+    if cut == 0:
+        return None
+    return ids[:cut], mask[:cut]
+
+
+def conversation_rows(tokenizer, conversations, max_tokens):
+    """Render conversations into (ids, mask) training rows of at most max_tokens tokens.
+
+    Longer conversations are cut on a turn boundary, or dropped when not even their first assistant turn fits.
+    Returns (rows, number truncated, number dropped) so the caller can report both.
+    """
+    rows, truncated, dropped = [], 0, 0
+    for conversation in conversations:
+        ids, mask = render_conversation(tokenizer, conversation["messages"])
+        fitted = fit_to_context(ids, mask, max_tokens)
+        if fitted is None:
+            dropped += 1
+            continue
+        truncated += len(fitted[0]) < len(ids)
+        rows.append(fitted)
+    return rows, truncated, dropped
