@@ -1,0 +1,343 @@
+"""Chat with a checkpoint in the terminal: python chat.py [--ckpt=out_chat] [--system="..."] [--key=value ...]
+
+Every turn the whole conversation is the model's context; the KV cache is kept across turns, so a turn prefills
+only its new tokens. When the conversation outgrows the context, the oldest turns are dropped (the system prompt stays).
+Type /help for commands. End a line with \\ to continue it on the next, or put a message between two lines of \"\"\".
+Ctrl-C stops a reply; Ctrl-C twice or Ctrl-D quits.
+
+With stdin not a terminal (a pipe or a file), each line is one user message (or a JSON object {"role", "content"}),
+each reply is printed on its own line, and notes go to stderr.
+"""
+import difflib
+import importlib
+import json
+import sys
+import unicodedata
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from chat_session import ChatSession
+from checkpoint import build_model, load_checkpoint, resolve_checkpoint
+from common import UsageError, atomic_write, pick_device, run_cli
+from data.chat import read_conversations
+from generate import SamplingOptions, check_sampling, sampling_options
+from options import format_value, option, parse_options, set_option
+
+HELP = """commands:
+  /help               this list
+  /exit               quit (also /quit, Ctrl-D, or Ctrl-C twice)
+  /reset              forget the conversation, keep the system prompt
+  /system TEXT        set the system prompt (/system alone shows it; /system - removes it)
+  /undo               remove your last message and the reply to it
+  /retry              reply to your last message again
+  /set KEY VALUE      change a sampling option, e.g. /set temperature 0.5 (see /show)
+  /show               the sampling options and how much of the context the conversation uses
+  /stats              prefill and speed figures of the last reply (--verbose prints them every turn)
+  /save FILE          save the conversation as JSONL {"messages": [...]}
+  /load FILE          load a conversation saved by /save (or any {"messages": [...]} line)
+multi-line input: end a line with \\ to continue it, or type \"\"\" on a line, the message, then \"\"\" again"""
+COMMANDS = ("help", "exit", "quit", "reset", "system", "undo", "retry", "set", "show", "stats", "save", "load")
+
+
+@dataclass
+class ChatConfig(SamplingOptions):
+    ckpt: str = option("", "a checkpoint file or folder (empty: out_chat/ when it holds one, else out/)")
+    system: str = option("", "the system prompt")
+    verbose: bool = option(False, "print the prefill and speed figures of every reply")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    temperature: float = option(0.3, "0 picks the most likely token; higher is more random")
+
+
+class Terminal:
+    """Where text goes: replies to stdout; notes dim on a terminal, or to stderr when stdout is a pipe."""
+
+    def __init__(self, interactive):
+        self.interactive = interactive
+        self.color = interactive and sys.stdout.isatty()
+
+    def note(self, text):
+        if self.interactive:
+            print(f"\033[2m{text}\033[0m" if self.color else text, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def write(self, text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def clean(text):
+    """Drop control characters a paste can carry (keeping newlines and tabs)."""
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
+class Repl:
+    def __init__(self, session, terminal, verbose):
+        self.session, self.term, self.verbose = session, terminal, verbose
+
+    # --- turns ------------------------------------------------------------------------------------------------
+
+    def stream(self, pieces):
+        """Print a reply as it streams; Ctrl-C stops it and keeps the session (and what was said so far)."""
+        try:
+            for piece in pieces:
+                self.term.write(piece)
+        except KeyboardInterrupt:
+            pieces.close()
+            self.term.write("\n")
+            self.term.note("[reply stopped]")
+            return
+        self.term.write("\n")
+        stats = self.session.stats
+        if stats.get("dropped_turns"):
+            self.term.note(f"[dropped the {stats['dropped_turns']} oldest turn(s) to fit the context of {self.session.block_size} tokens]")
+        if stats.get("context_limited"):
+            self.term.note("[reply cut: the context is full; /reset or /undo to make room]")
+        if self.verbose:
+            self.show_stats()
+
+    def user_turn(self, text):
+        text = clean(text).strip()
+        if not text:
+            return
+        try:
+            pieces = self.session.respond(text)
+        except UsageError as e:
+            self.term.note(f"[{e}]")
+            return
+        self.stream(pieces)
+
+    # --- commands ---------------------------------------------------------------------------------------------
+
+    def command(self, line):
+        """Run a slash command; False means quit."""
+        name, _, arg = line[1:].partition(" ")
+        name, arg = name.lower(), arg.strip()
+        if name not in COMMANDS:
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
+            self.term.note(f"[unknown command /{name}{f'; did you mean /{close[0]}?' if close else ''}; /help lists them]")
+            return True
+        if name in ("exit", "quit"):
+            return False
+        getattr(self, f"cmd_{name}")(arg)
+        return True
+
+    def cmd_help(self, arg):
+        self.term.note(HELP)
+
+    def cmd_reset(self, arg):
+        self.session.reset()
+        self.term.note("[conversation cleared]")
+
+    def cmd_system(self, arg):
+        if not arg:
+            current = next((m["content"] for m in self.session.messages if m["role"] == "system"), "")
+            self.term.note(f"[system prompt: {current!r}]" if current else "[no system prompt; /system TEXT sets one]")
+            return
+        self.session.set_system("" if arg == "-" else clean(arg))
+        self.term.note("[system prompt removed]" if arg == "-" else "[system prompt set]")
+
+    def cmd_undo(self, arg):
+        self.term.note("[removed your last message and its reply]" if self.session.undo() else "[nothing to undo]")
+
+    def cmd_retry(self, arg):
+        try:
+            pieces = self.session.retry()
+        except UsageError as e:
+            self.term.note(f"[{e}]")
+            return
+        if pieces is None:
+            self.term.note("[nothing to retry]")
+        else:
+            self.stream(pieces)
+
+    def cmd_set(self, arg):
+        key, _, value = arg.partition(" ")
+        names = [f.name for f in fields(SamplingOptions)]
+        if not key or not value.strip():
+            self.term.note(f"[usage: /set KEY VALUE, KEY one of {', '.join(names)}]")
+            return
+        options = self.session.options
+        before = getattr(options, key, None)
+        try:
+            if key not in names:
+                set_option(SamplingOptions(), key, value.strip())  # raises the did-you-mean error
+            set_option(options, key, value.strip())
+            check_sampling(options)
+        except UsageError as e:
+            if key in names:
+                setattr(options, key, before)
+            self.term.note(f"[{str(e).replace('--', '').replace('see help for the list', '/show lists them')}]")
+            return
+        self.term.note(f"[{key} = {format_value(getattr(options, key))}]")
+
+    def cmd_show(self, arg):
+        options = self.session.options
+        settings = ", ".join(f"{f.name}={format_value(getattr(options, f.name))}" for f in fields(SamplingOptions))
+        used = self.session.context_used()
+        turns = sum(m["role"] == "user" for m in self.session.messages)
+        self.term.note(f"[{settings}]\n[context: {used}/{self.session.block_size} tokens, {turns} turn(s); "
+                       f"{self.session.dropped_turns} dropped to fit so far]")
+
+    def cmd_stats(self, arg):
+        if self.session.stats is None:
+            self.term.note("[no reply yet]")
+        else:
+            self.show_stats()
+
+    def show_stats(self):
+        s = self.session.stats
+        self.term.note(f"[prefilled {s['prefilled']} tokens, reused {s['reused']} from the cache, first token in {1000 * s['ttft_s']:.0f} ms, "
+                       f"{s['new_tokens']} tokens at {s['decode_tokens_per_s']:.1f} tokens/s]")
+
+    def cmd_save(self, arg):
+        if not arg:
+            self.term.note("[usage: /save FILE]")
+            return
+        try:
+            with atomic_write(Path(arg).expanduser(), "w") as f:
+                f.write(json.dumps({"messages": self.session.plain_messages()}, ensure_ascii=False) + "\n")
+        except (OSError, UsageError) as e:
+            self.term.note(f"[could not save to {arg}: {e}]")
+            return
+        self.term.note(f"[saved {len(self.session.messages)} messages to {arg}]")
+
+    def cmd_load(self, arg):
+        if not arg:
+            self.term.note("[usage: /load FILE]")
+            return
+        try:
+            conversation = read_conversations(Path(arg).expanduser())[-1]
+        except (UsageError, OSError) as e:
+            self.term.note(f"[{e}]")
+            return
+        self.session.load(conversation["messages"])
+        self.term.note(f"[loaded {len(self.session.messages)} messages from {arg}]")
+
+
+def read_message(first_line, read_more):
+    """A message from its first line, continued by a trailing backslash or wrapped in a \"\"\" block."""
+    if first_line.strip() == '"""':
+        block = []
+        while (line := read_more()) is not None and line.strip() != '"""':
+            block.append(line)
+        return "\n".join(block)
+    lines = [first_line]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        line = read_more()
+        if line is None:
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class TerminalInput:
+    """Lines typed at a prompt, with line editing; Ctrl-C at the prompt warns once and quits when pressed again."""
+
+    def __init__(self):
+        try:
+            importlib.import_module("readline")  # importing it gives input() line editing and history
+        except ImportError:
+            pass
+        self.warned = False
+
+    def read(self, prompt):
+        """The next line, or None to quit."""
+        while True:
+            try:
+                line = input(prompt)
+                self.warned = False
+                return line
+            except KeyboardInterrupt:
+                if self.warned:
+                    print()
+                    return None
+                print("\n(Ctrl-C again or Ctrl-D to quit)")
+                self.warned = True
+            except UnicodeDecodeError:
+                print("[that input is not valid UTF-8; type it again]")
+            except EOFError:
+                print()
+                return None
+
+
+class PipedInput:
+    """Lines of a piped stdin, decoded as UTF-8; a line that is not UTF-8 is reported and skipped."""
+
+    def __init__(self, term):
+        self.term, self.lines, self.number = term, iter(sys.stdin.buffer), 0
+
+    def read(self, prompt=None):
+        for raw in self.lines:
+            self.number += 1
+            try:
+                return raw.decode("utf-8-sig" if self.number == 1 else "utf-8").rstrip("\r\n")  # a leading byte-order mark is not text
+            except UnicodeDecodeError as e:
+                self.term.note(f"[line {self.number} is not valid UTF-8 (byte {e.start}); skipped]")
+        return None
+
+
+def json_message(line):
+    """A piped line that is a JSON {"role", "content"} object, as (role, content); None for plain text."""
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role", "user") in ("user", "system"):
+        return message.get("role", "user"), message["content"]
+    return None
+
+
+def run(repl, source, interactive):
+    """Read messages and commands until /exit or the end of input."""
+    while (line := source.read(">>> ")) is not None:
+        if not interactive and (message := json_message(line)):
+            role, content = message
+            if role == "system":
+                repl.cmd_system(content or "-")
+            else:
+                repl.user_turn(content)
+        elif line.startswith("/"):
+            if not repl.command(line.strip()):
+                return
+        else:
+            repl.user_turn(read_message(line, lambda: source.read("... ")))
+
+
+def default_checkpoint(ckpt):
+    if ckpt:
+        return ckpt
+    for folder in ("out_chat", "out"):
+        try:
+            return str(resolve_checkpoint(folder))
+        except UsageError:
+            continue
+    raise UsageError("no checkpoint in out_chat/ or out/; train one (python train.py, then python train.py config/chat_demo.py) or pass --ckpt")
+
+
+def main():
+    cfg = parse_options(ChatConfig, description=__doc__, positional=None)
+    check_sampling(cfg)
+    ckpt = load_checkpoint(default_checkpoint(cfg.ckpt))
+    model, tokenizer = build_model(ckpt, pick_device(cfg.device))
+    interactive = sys.stdin.isatty()
+    term = Terminal(interactive)
+    session = ChatSession(model, tokenizer, sampling_options(cfg), clean(cfg.system))
+    if interactive:
+        term.note(f"chatting with {ckpt['path']} ({model.num_params() / 1e6:.1f}M parameters, context {model.config.block_size} tokens); "
+                  "/help for commands, Ctrl-D to quit")
+    if not ckpt.get("chat_tuned"):
+        term.note("note: this checkpoint was not fine-tuned for chat, so it sees the raw chat template and may ramble "
+                  "(config/chat_demo.py shows how to fine-tune one)")
+    repl = Repl(session, term, cfg.verbose)
+    run(repl, TerminalInput() if interactive else PipedInput(term), interactive)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_cli(main)
