@@ -17,9 +17,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from chat_session import reply_accuracy
 from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_rotating
 from common import UsageError, pick_device, run_cli
-from data.loader import RandomWindows, sequential_windows
+from data.chat import conversation_rows, dataset_conversations, read_conversations
+from data.loader import ConversationBatches, RandomWindows, conversation_batches, sequential_windows
 from data.prepare import PrepareConfig, default_data_dir, prepare
 from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from data.tokenizer import KINDS, Tokenizer
@@ -42,6 +44,13 @@ class TrainConfig:
     tokenizer: str = option("bpe", "tokenizer used when preparing data", KINDS)
     vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer")
     val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing")
+    # fine-tuning
+    init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt): its model, weights and tokenizer")
+    chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` (data/synthetic_chat.py)")
+    chat_dataset: str = option("", "fine-tune on a Hugging Face dataset with a `messages` column")
+    chat_split: str = option("train", "the split of --chat_dataset")
+    demo_conversations: int = option(20000, "conversations generated for --chat_data=demo")
+    eval_chat: int = option(0, "at the end, reply to this many held-out conversations and print the exact-match accuracy (0: off)")
     # model
     preset: str = option("modern", "architecture preset", tuple(PRESETS))
     n_layer: int = option(4, "transformer blocks")
@@ -82,7 +91,8 @@ class TrainConfig:
     seed: int = option(1337, "random seed")
     resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it", ("auto", "true", "false"))
     keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest")
-    max_bad_steps: int = option(5, "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
+    max_bad_steps: int = option(5, "stop after this many skipped steps in a row (non-finite loss or gradient, or a loss spike)")
+    loss_spike: float = option(0.0, "skip the update of a step whose loss is this many standard deviations above the recent mean (0: off)")
 
 
 def check_config(cfg):
@@ -91,9 +101,34 @@ def check_config(cfg):
             raise UsageError(f"--{key}={getattr(cfg, key)} must be positive")
     if cfg.max_iters < 0 or cfg.warmup_iters < 0:
         raise UsageError("--max_iters and --warmup_iters must not be negative")
+    if cfg.loss_spike < 0:
+        raise UsageError(f"--loss_spike={cfg.loss_spike} must not be negative (0: off)")
     if not 0 <= cfg.dropout < 1:
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     check_choices(cfg)
+
+
+class SpikeGuard:
+    """Flags a loss far above the recent ones: an exponential moving mean and variance of the accepted steps' losses."""
+
+    def __init__(self, threshold, decay=0.95, warmup=20):
+        self.threshold, self.decay, self.warmup = threshold, decay, warmup
+        self.mean, self.var, self.count = 0.0, 0.0, 0
+
+    def is_spike(self, loss):
+        return bool(self.threshold) and self.count >= self.warmup and loss > self.mean + self.threshold * math.sqrt(self.var)
+
+    def update(self, loss):
+        delta = loss - self.mean if self.count else 0.0
+        self.mean = self.mean + (1 - self.decay) * delta if self.count else loss
+        self.var = self.decay * (self.var + (1 - self.decay) * delta * delta)
+        self.count += 1
+
+    def state_dict(self):
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
 class TrainingStopped(Exception):
@@ -151,6 +186,81 @@ def model_config(cfg, vocab_size):
     return config
 
 
+@dataclass
+class RunData:
+    """What the loop trains and evaluates on, for pretraining and fine-tuning alike."""
+    tokenizer: Tokenizer
+    train_batches: object  # next_batch() -> (x, y); state_dict(); load_state_dict()
+    val_batches: object  # () -> an iterator of (x, y), the same batches every call
+    summary: str
+    held_out: list  # validation conversations (fine-tuning), for --eval_chat
+
+
+def pretraining_data(cfg):
+    data_dir = prepared_data(cfg)
+    meta = read_meta(data_dir)
+    if meta["tokenizer"] != cfg.tokenizer:
+        print(f"note: {data_dir} was prepared with the {meta['tokenizer']} tokenizer, which this run uses (--tokenizer applies when preparing)")
+    tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
+    val_arrays = load_split(data_dir, "val")
+    return RunData(tokenizer, RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed),
+                   lambda: sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens),
+                   f"{data_dir} ({meta['splits']['train']['tokens']:,} train tokens, {meta['tokenizer']} tokenizer, {tokenizer.n_vocab} ids)", [])
+
+
+def chat_data(cfg, tokenizer):
+    """Conversations rendered with the chat template; a random --val_fraction of them is held out."""
+    if cfg.chat_dataset:
+        conversations, source = dataset_conversations(cfg.chat_dataset, cfg.chat_split), f"dataset {cfg.chat_dataset}"
+    elif cfg.chat_data == "demo":
+        from data.synthetic_chat import make_conversations
+        conversations, source = make_conversations(cfg.demo_conversations, cfg.seed), "synthetic demo conversations"
+    else:
+        conversations, source = read_conversations(cfg.chat_data), cfg.chat_data
+    n_held_out = max(1, round(cfg.val_fraction * len(conversations)))
+    if cfg.val_fraction <= 0 or len(conversations) < 2:
+        raise UsageError(f"{source}: fine-tuning holds out conversations for validation; use at least 2 and --val_fraction > 0")
+    held = set(np.random.default_rng(cfg.seed).permutation(len(conversations))[:n_held_out].tolist())  # random: no pattern of the source
+    train_set = [c for i, c in enumerate(conversations) if i not in held]
+    seen = {json.dumps(c["messages"]) for c in train_set}
+    held_out = [conversations[i] for i in sorted(held) if json.dumps(conversations[i]["messages"]) not in seen]  # never trained on
+    train_rows, truncated, dropped = conversation_rows(tokenizer, train_set, cfg.block_size + 1)
+    val_rows, _, _ = conversation_rows(tokenizer, held_out, cfg.block_size + 1)
+    if truncated or dropped:
+        print(f"note: {truncated} conversations were cut to --block_size={cfg.block_size} on a turn boundary and {dropped} dropped "
+              f"(not even their first reply fits); raise --block_size to keep them")
+    if not val_rows:
+        raise UsageError(f"{source}: no held-out conversation (one not also in the training set) fits --block_size={cfg.block_size}; "
+                         "raise it or --val_fraction")
+    val_rows = val_rows[:max(1, cfg.eval_tokens // cfg.block_size)] if cfg.eval_tokens else val_rows
+    pad = tokenizer.eot_id
+    return RunData(tokenizer, ConversationBatches(train_rows, cfg.batch_size, cfg.seed, pad),
+                   lambda: conversation_batches(val_rows, cfg.batch_size, pad),
+                   f"{source} ({len(train_rows):,} conversations to train on, {len(held_out):,} held out)", held_out)
+
+
+def fine_tune_config(cfg, init):
+    """The checkpoint's model, with this run's context length and dropout (positions beyond a learned table cannot exist)."""
+    config = GPTConfig.from_dict({**init["model_config"], "block_size": cfg.block_size, "dropout": cfg.dropout})
+    trained = init["model_config"]["block_size"]
+    if config.pos_encoding == "learned" and cfg.block_size > trained:
+        raise UsageError(f"--block_size={cfg.block_size} is longer than the {trained} positions {init['path']} learned; use --block_size={trained} or less")
+    if cfg.block_size != trained:
+        print(f"note: context length {trained} -> {cfg.block_size} (--block_size)")
+    return config
+
+
+def load_initial_weights(model, init):
+    state = dict(init["model"])
+    if "transformer.wpe.weight" in state:  # a shorter context keeps the first positions
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:model.config.block_size]
+    model.load_state_dict(state)
+
+
+def describe(config):
+    return f"{config.n_layer} layers x {config.n_embd} wide, {config.pos_encoding} positions, context {config.block_size}"
+
+
 def make_optimizers(model, cfg, device):
     """AdamW for everything, or Muon for the 2-D matrices inside the blocks and AdamW for the rest."""
     matrices, others_decay, others_plain = [], [], []
@@ -191,16 +301,20 @@ def lr_multiplier(step, cfg):
 
 @torch.no_grad()
 def evaluate(model, batches, byte_lengths, device, autocast):
-    """Mean loss in nats per token, and bits per byte over the text tokens (special tokens carry no bytes)."""
+    """Mean loss in nats per target token, and bits per byte over the text tokens (special tokens carry no bytes).
+
+    Targets of -1 (fine-tuning: not the assistant's tokens, or padding) are not scored.
+    """
     model.eval()
     nats = tokens = text_nats = text_bytes = 0.0
     for x, y in batches:
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast:
             losses = model(x, y, reduction="none").view(y.shape)
-        n_bytes = byte_lengths[y]
-        nats += losses.sum().item()
-        tokens += y.numel()
+        scored = y >= 0
+        n_bytes = byte_lengths[y.clamp(min=0)] * scored
+        nats += losses.sum().item()  # 0 where not scored
+        tokens += scored.sum().item()
         text_nats += losses[n_bytes > 0].sum().item()
         text_bytes += n_bytes.sum().item()
     model.train()
@@ -275,45 +389,54 @@ def train(cfg):
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    data_dir = prepared_data(cfg)
-    meta = read_meta(data_dir)
-    if meta["tokenizer"] != cfg.tokenizer:
-        print(f"note: {data_dir} was prepared with the {meta['tokenizer']} tokenizer, which this run uses (--tokenizer applies when preparing)")
-    tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
-    train_windows = RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed)
-    val_arrays = load_split(data_dir, "val")
+    init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+    fine_tuning = bool(cfg.chat_data or cfg.chat_dataset)
+    if fine_tuning:
+        if init is None:
+            raise UsageError("fine-tuning on conversations needs --init_from=CHECKPOINT, the model to fine-tune (e.g. --init_from=out after `python train.py`)")
+        data = chat_data(cfg, Tokenizer.from_json(init["tokenizer"]))
+    else:
+        data = pretraining_data(cfg)
+        if init is not None and init["tokenizer"] != data.tokenizer.to_json():
+            raise UsageError(f"{init['path']} was trained with a different tokenizer than {data.summary.split(' ')[0]}'s; "
+                             "prepare the data with the checkpoint's tokenizer, or train from scratch")
+    tokenizer = data.tokenizer
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), device=device)
 
-    config = model_config(cfg, tokenizer.n_vocab)
+    config = fine_tune_config(cfg, init) if init else model_config(cfg, tokenizer.n_vocab)
     model = GPT(config).to(device)
+    if init:
+        load_initial_weights(model, init)
     optimizers = make_optimizers(model, cfg, device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     step, best_val_loss, tokens_seen, skipped_steps = 0, float("inf"), 0, 0
+    spikes = SpikeGuard(cfg.loss_spike)
     resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
     if resumed:
-        step, best_val_loss, tokens_seen, skipped_steps = resume(out_dir / LAST, model, optimizers, train_windows, config, tokenizer)
+        step, best_val_loss, tokens_seen, skipped_steps = resume(out_dir / LAST, model, optimizers, data.train_batches, spikes, config, tokenizer)
     train_model = torch.compile(model) if cfg.compile else model
     log = MetricsLog(cfg, fresh=not resumed)
 
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     flops_per_token, peak = model.flops_per_token(), peak_flops(device)
-    print(f"data: {data_dir} ({meta['splits']['train']['tokens']:,} train tokens, {meta['tokenizer']} tokenizer, {tokenizer.n_vocab} ids)")
-    print(f"model: {cfg.preset} preset, {model.num_params() / 1e6:.2f}M parameters, {cfg.n_layer} layers x {cfg.n_embd} wide, context {cfg.block_size}")
-    print(f"training on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of {tokens_per_step:,} tokens, {cfg.optimizer}")
+    chat_tuned = fine_tuning or bool(init and init.get("chat_tuned"))
+    print(f"data: {data.summary}")
+    print(f"model: {describe(config)}, {model.num_params() / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
+    print(f"{'fine-tuning' if fine_tuning else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
+          f"{cfg.batch_size * cfg.grad_accum} {'conversations' if fine_tuning else f'x {cfg.block_size} tokens'}, {cfg.optimizer}")
 
     def save_last():
         save_rotating(out_dir, cfg.keep_last, model, tokenizer, train_config=asdict(cfg), step=step, best_val_loss=best_val_loss,
                       tokens_seen=tokens_seen, skipped_steps=skipped_steps, optimizers=[o.state_dict() for o in optimizers],
-                      loader=train_windows.state_dict(), rng=rng_state())
+                      loader=data.train_batches.state_dict(), spikes=spikes.state_dict(), rng=rng_state(), chat_tuned=chat_tuned)
 
     started = last_log = time.time()
     start_step = window_start_step = step
-    bad_in_a_row = 0
+    window_tokens = bad_in_a_row = 0
     with StopSignals() as stop:
         while True:
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                metrics = evaluate(train_model, sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens), byte_lengths, device, autocast)
+                metrics = evaluate(train_model, data.val_batches(), byte_lengths, device, autocast)
                 improved = metrics["val_loss"] < best_val_loss
                 best_val_loss = min(best_val_loss, metrics["val_loss"])
                 print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
@@ -321,28 +444,31 @@ def train(cfg):
                 if step > start_step:  # not the state just loaded (or the untrained one)
                     save_last()
                     if improved:
-                        save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, **metrics)
-                last_log = time.time()  # keep evaluation time out of the throughput figure
+                        save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, chat_tuned=chat_tuned, **metrics)
+                last_log, window_start_step, window_tokens = time.time(), step, 0  # keep evaluation time out of the throughput figure
             if step == cfg.max_iters:
                 break
 
-            loss, grad_norm = train_step(train_model, model, optimizers, train_windows, cfg, step, device, autocast)
+            loss, grad_norm, step_tokens, updated = train_step(train_model, model, optimizers, data.train_batches, cfg, step, device, autocast, spikes)
             step += 1
-            tokens_seen += tokens_per_step
-            if math.isfinite(loss) and math.isfinite(grad_norm):
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+            if updated:
                 bad_in_a_row = 0
             else:
                 skipped_steps += 1
                 bad_in_a_row += 1
-                print(f"step {step}: non-finite loss ({loss:.4g}) or gradient norm ({grad_norm:.4g}); update skipped ({skipped_steps} so far)", flush=True)
+                why = (f"a loss spike ({loss:.4f}, recent mean {spikes.mean:.4f})" if math.isfinite(loss) and math.isfinite(grad_norm)
+                       else f"a non-finite loss ({loss:.4g}) or gradient norm ({grad_norm:.4g})")
+                print(f"step {step}: {why}; update skipped ({skipped_steps} so far)", flush=True)
                 if bad_in_a_row >= cfg.max_bad_steps:
-                    raise UsageError(f"training diverged: {bad_in_a_row} steps in a row had a non-finite loss or gradient; "
+                    raise UsageError(f"training diverged: {bad_in_a_row} steps in a row were skipped ({why}); "
                                      f"the last good checkpoint is {out_dir / LAST}; lower --lr or raise --warmup_iters")
 
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
                 now = time.time()
-                tokens_per_s = (step - window_start_step) * tokens_per_step / (now - last_log)
-                eta = (cfg.max_iters - step) * tokens_per_step / tokens_per_s
+                tokens_per_s = window_tokens / (now - last_log)
+                eta = (cfg.max_iters - step) * (now - last_log) / (step - window_start_step)
                 record = {"iter": step, "tokens": tokens_seen, "loss": loss, "lr": optimizers[-1].param_groups[0]["lr"],
                           "tokens_per_s": tokens_per_s, "skipped_steps": skipped_steps}
                 mfu = ""
@@ -352,7 +478,7 @@ def train(cfg):
                 print(f"step {step}/{cfg.max_iters} ({100 * step / cfg.max_iters:.0f}%) | loss {loss:.4f} | lr {record['lr']:.2e} | "
                       f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
                 log.write(record)
-                last_log, window_start_step = now, step
+                last_log, window_start_step, window_tokens = now, step, 0
             if stop.requested:
                 save_last()
                 log.close()
@@ -360,37 +486,42 @@ def train(cfg):
 
     log.close()
     print(f"done in {format_seconds(time.time() - started)}; best val loss {best_val_loss:.4f}; checkpoints in {out_dir}/")
-    if cfg.sample_tokens:
+    if fine_tuning and cfg.eval_chat:
+        print_chat_accuracy(model, tokenizer, data.held_out[:cfg.eval_chat])
+    elif cfg.sample_tokens:
         print_sample(model, tokenizer, cfg)
     return model
 
 
-def train_step(train_model, model, optimizers, batches, cfg, step, device, autocast):
-    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm).
+def train_step(train_model, model, optimizers, batches, cfg, step, device, autocast, spikes):
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, whether it updated).
 
-    A step whose loss or gradient is not finite changes no weight and no optimizer state.
+    A step whose loss or gradient is not finite, or whose loss is a spike, changes no weight and no optimizer state.
     """
     multiplier = lr_multiplier(step, cfg)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
-    loss_sum = 0.0
+    loss_sum, tokens = 0.0, 0
     for _ in range(cfg.grad_accum):
         x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in batches.next_batch())
+        tokens += x.numel()
         with autocast:
             loss = train_model(x, y) / cfg.grad_accum
         loss.backward()
         loss_sum += loss.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
-    if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+    update = math.isfinite(loss_sum) and math.isfinite(grad_norm) and not spikes.is_spike(loss_sum)
+    if update:
         for opt in optimizers:
             opt.step()
+        spikes.update(loss_sum)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return loss_sum, grad_norm, tokens, update
 
 
-def resume(path, model, optimizers, train_windows, config, tokenizer):
+def resume(path, model, optimizers, train_batches, spikes, config, tokenizer):
     ckpt = load_checkpoint(path)
     if ckpt["model_config"] != vars(config):
         changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
@@ -400,7 +531,9 @@ def resume(path, model, optimizers, train_windows, config, tokenizer):
     model.load_state_dict(ckpt["model"])
     for opt, state in zip(optimizers, ckpt["optimizers"]):
         opt.load_state_dict(state)
-    train_windows.load_state_dict(ckpt["loader"])
+    train_batches.load_state_dict(ckpt["loader"])
+    if "spikes" in ckpt:
+        spikes.load_state_dict(ckpt["spikes"])
     restore_rng_state(ckpt["rng"])
     print(f"resuming from {path} at step {ckpt['step']} (--resume=false starts over)")
     return ckpt["step"], ckpt["best_val_loss"], ckpt["tokens_seen"], ckpt.get("skipped_steps", 0)
@@ -416,6 +549,18 @@ def print_sample(model, tokenizer, cfg):
         print(stream.feed(token), end="", flush=True)
     print(stream.flush())
     print("-" * 48)
+
+
+def print_chat_accuracy(model, tokenizer, conversations):
+    """Reply to held-out conversations through the REPL's own ChatSession and print the exact-match accuracy."""
+    counts, examples = reply_accuracy(model.eval(), tokenizer, conversations)
+    if "all" not in counts:
+        return
+    kinds = ", ".join(f"{kind} {100 * right / total:.0f}% ({right}/{total})" for kind, (right, total) in counts.items() if kind != "all")
+    right, total = counts["all"]
+    print(f"chat accuracy on {total} held-out conversations: {100 * right / total:.1f}% ({right}/{total}){f'; {kinds}' if kinds else ''}")
+    for question, expected, got in examples[:4]:
+        print(f"  user: {question!r}  expected: {expected!r}  got: {got!r}")
 
 
 def main():

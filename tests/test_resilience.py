@@ -119,6 +119,38 @@ def test_repeated_non_finite_gradients_stop_with_the_last_good_checkpoint(tmp_pa
         assert torch.equal(after["model"][name], tensor)
 
 
+def test_spike_guard_flags_only_outliers_after_its_warmup():
+    guard = train_module.SpikeGuard(threshold=4.0, warmup=10)
+    losses = [3.0 + 0.05 * ((-1) ** i) for i in range(30)]
+    assert not any(guard.is_spike(x) or guard.update(x) for x in losses)
+    assert guard.is_spike(4.0) and not guard.is_spike(3.1)
+    assert not train_module.SpikeGuard(threshold=0.0).is_spike(1e9)  # off by default
+    fresh = train_module.SpikeGuard(threshold=4.0, warmup=10)
+    assert not fresh.is_spike(1e9)  # no judgement before it has seen enough steps
+
+
+def test_a_loss_spike_is_skipped_only_when_the_policy_is_on(tmp_path, data_dir, monkeypatch):
+    real_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward_with_one_spike(self, idx, targets=None, **kw):
+        out = real_forward(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] == 30:
+                return out * 10
+        return out
+
+    monkeypatch.setattr(GPT, "forward", forward_with_one_spike)
+    train(tiny_run(tmp_path / "off", data_dir, max_iters=32, eval_interval=32))
+    assert load_checkpoint(tmp_path / "off" / LAST)["skipped_steps"] == 0
+    calls["n"] = 0
+    train(tiny_run(tmp_path / "on", data_dir, max_iters=32, eval_interval=32, loss_spike=6.0))
+    records = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r.get("skipped_steps") == 1][0] == 30
+    assert load_checkpoint(tmp_path / "on" / LAST)["skipped_steps"] == 1
+
+
 def test_token_ids_beyond_the_vocabulary_are_refused(tmp_path, data_dir):
     meta = read_meta(data_dir)
     bad = tmp_path / "bad"
