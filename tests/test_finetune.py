@@ -125,3 +125,16 @@ def test_eval_chat_prints_the_accuracy_per_kind(tmp_path, pretrained, capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("chat accuracy on"))
     assert "held-out conversations" in line and "%" in line
+
+
+def test_fine_tuning_on_a_local_hugging_face_dataset_with_a_messages_column(tmp_path, pretrained, chat_file):
+    pytest.importorskip("datasets")
+    folder = tmp_path / "hf_chat"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(chat_file.read_text(encoding="utf-8"), encoding="utf-8")
+    train(tiny_run(tmp_path / "sft", "", init_from=str(pretrained), chat_dataset=str(folder), block_size=160, batch_size=4,
+                   max_iters=2, eval_interval=2, val_fraction=0.1))
+    assert load_checkpoint(tmp_path / "sft" / LAST)["chat_tuned"] is True
+    (folder / "train.jsonl").write_text('{"text": "no messages here"}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="no column 'messages'"):
+        train(tiny_run(tmp_path / "sft2", "", init_from=str(pretrained), chat_dataset=str(folder)))
