@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from common import UsageError
-from data.chat import message_ids
+from data.chat import prompt_for_reply
 from generate import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
 
 
@@ -63,10 +63,7 @@ class ChatSession:
 
     def render(self, messages=None):
         """The prompt for the next reply: <|bos|>, every message, then <|assistant_start|>."""
-        ids = [self.tokenizer.special_id("<|bos|>")]
-        for m in self.messages if messages is None else messages:
-            ids += message_ids(self.tokenizer, m["role"], m["ids"])[0]
-        return ids + [self.tokenizer.special_id("<|assistant_start|>")]
+        return prompt_for_reply(self.tokenizer, [(m["role"], m["ids"]) for m in (self.messages if messages is None else messages)])
 
     def context_used(self):
         return len(self.render())

@@ -23,21 +23,31 @@ def message_ids(tokenizer, role, content_ids):
     return ids, [0] + [learn] * (len(ids) - 1)
 
 
-def render_conversation(tokenizer, messages):
-    """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
-    check_messages(messages)
+def render_turns(tokenizer, turns):
+    """Token ids and loss mask of (role, content token ids) turns: the one definition of the template."""
     ids, mask = [tokenizer.special_id("<|bos|>")], [0]
-    for message in messages:
-        message_tokens, message_mask = message_ids(tokenizer, message["role"], tokenizer.encode(message["content"]))
+    for role, content_ids in turns:
+        message_tokens, message_mask = message_ids(tokenizer, role, content_ids)
         ids += message_tokens
         mask += message_mask
     return ids, mask
 
 
+def prompt_for_reply(tokenizer, turns):
+    """The tokens that ask the model for the next assistant reply: the turns, then <|assistant_start|>."""
+    return render_turns(tokenizer, turns)[0] + [tokenizer.special_id("<|assistant_start|>")]
+
+
+def render_conversation(tokenizer, messages):
+    """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
+    check_messages(messages)
+    return render_turns(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in messages])
+
+
 def render_prompt(tokenizer, messages):
-    """The tokens that ask the model for the next assistant reply: the conversation, then <|assistant_start|>."""
-    ids, _ = render_conversation(tokenizer, messages)
-    return ids + [tokenizer.special_id("<|assistant_start|>")]
+    """prompt_for_reply of {"role", "content"} messages."""
+    check_messages(messages)
+    return prompt_for_reply(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in messages])
 
 
 def check_messages(messages, where="conversation"):
