@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from chat_session import ChatSession
-from checkpoint import build_model, load_checkpoint, resolve_checkpoint
+from checkpoint import build_model, load_any_checkpoint, resolve_checkpoint
 from common import UsageError, atomic_write, pick_device, run_cli
 from data.chat import read_conversations
 from generate import SamplingOptions, check_sampling, sampling_options
@@ -43,7 +43,8 @@ COMMANDS = ("help", "exit", "quit", "reset", "system", "undo", "retry", "set", "
 
 @dataclass
 class ChatConfig(SamplingOptions):
-    ckpt: str = option("", "a checkpoint file or folder (empty: out_chat/ when it holds one, else out/)")
+    ckpt: str = option("", "a checkpoint file or folder, a Hugging Face GPT-2 folder, or a hub name like gpt2 "
+                           "(empty: out_chat/ when it holds one, else out/)")
     system: str = option("", "the system prompt")
     verbose: bool = option(False, "print the prefill and speed figures of every reply")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -323,7 +324,7 @@ def default_checkpoint(ckpt):
 def main():
     cfg = parse_options(ChatConfig, description=__doc__, positional=None)
     check_sampling(cfg)
-    ckpt = load_checkpoint(default_checkpoint(cfg.ckpt))
+    ckpt = load_any_checkpoint(default_checkpoint(cfg.ckpt))
     model, tokenizer = build_model(ckpt, pick_device(cfg.device))
     interactive = sys.stdin.isatty()
     term = Terminal(interactive)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from common import UsageError, atomic_write
+from common import UsageError, atomic_write, first_line
 from data.tokenizer import Tokenizer
 from model import GPT, GPTConfig
 
@@ -66,9 +66,11 @@ def resolve_checkpoint(path):
         for name in (BEST, LAST):
             if (path / name).is_file():
                 return path / name
-        raise UsageError(f"no checkpoint in {path}/ (looked for {BEST} and {LAST}); train one with `python train.py --out_dir={path}`")
+        raise UsageError(f"no checkpoint in {path}/ (looked for {BEST} and {LAST}, or config.json of a Hugging Face model); "
+                         f"train one with `python train.py --out_dir={path}`")
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist; pass a file or the folder train.py wrote (--out_dir)")
+        raise UsageError(f"checkpoint {path} does not exist; pass a file, the folder train.py wrote (--out_dir), "
+                         "a Hugging Face GPT-2 folder, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     return path
 
 
@@ -77,9 +79,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({_first_line(e)})") from None
+        raise UsageError(f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({first_line(e)})") from None
     except Exception as e:  # torch raises many kinds for a truncated, empty or foreign file
-        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupted?): {_first_line(e)}") from None
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupted?): {first_line(e)}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "model_config" not in ckpt or "tokenizer" not in ckpt:
         raise UsageError(f"{path} is not a checkpoint written by this toolkit (missing model, config or tokenizer)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -90,9 +92,15 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def _first_line(error):
-    lines = str(error).splitlines()
-    return (lines[0] if lines else type(error).__name__)[:120]
+def load_any_checkpoint(spec, map_location="cpu"):
+    """What train.py --init_from, sample.py and chat.py --ckpt accept: our checkpoint (a file, or a folder with best.pt or
+    last.pt), a folder with config.json (Hugging Face GPT-2, or what export.py wrote), or a GPT-2 hub name."""
+    import hf  # here, not at the top: hf.py imports this module
+
+    if hf.is_pretrained(spec):
+        return hf.hf_checkpoint(spec)
+    return load_checkpoint(spec, map_location)
+
 
 
 def build_model(ckpt, device="cpu"):

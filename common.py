@@ -10,6 +10,12 @@ class UsageError(Exception):
     """A problem the user can fix. Scripts print it as one line, never as a traceback."""
 
 
+def first_line(error, limit=160):
+    """The first line of an exception's message, for one-line errors about files a library could not read."""
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 def run_cli(main):
     """Run a script's main(), turning UsageError and Ctrl-C into one clear line and an exit code."""
     try:

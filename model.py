@@ -176,6 +176,13 @@ class GPT(nn.Module):
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """GPT-2's weights from Hugging Face (a hub name such as "gpt2", or a local folder), or a folder export.py wrote."""
+        from hf import load_hf_gpt2  # the interop code lives in hf.py, out of the model's file
+
+        return load_hf_gpt2(name_or_dir)
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import build_model, load_checkpoint
+from checkpoint import build_model, load_any_checkpoint
 from common import UsageError, pick_device, run_cli
 from generate import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
 from options import option, parse_options
@@ -16,7 +16,8 @@ from options import option, parse_options
 
 @dataclass
 class SampleConfig(SamplingOptions):
-    ckpt: str = option("out", "a checkpoint file, or the folder train.py wrote (best.pt, else last.pt)")
+    ckpt: str = option("out", "a checkpoint file, the folder train.py wrote (best.pt, else last.pt), a Hugging Face GPT-2 folder "
+                              "or one export.py wrote, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     prompt: str = option("", "text to continue (empty: start a new document)")
     prompt_file: str = option("", "read the prompt from this UTF-8 file instead")
     num_samples: int = option(1, "how many completions to print")
@@ -55,7 +56,7 @@ def main():
     if cfg.beam_size and cfg.num_samples > 1:
         raise UsageError("beam search is deterministic: use --num_samples=1 with --beam_size")
     device = pick_device(cfg.device)
-    model, tokenizer = build_model(load_checkpoint(cfg.ckpt), device)
+    model, tokenizer = build_model(load_any_checkpoint(cfg.ckpt), device)
     prompt = read_prompt(cfg)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     for i in range(cfg.num_samples):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from chat_session import reply_accuracy
-from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, save_rotating
+from checkpoint import BEST, LAST, load_any_checkpoint, load_checkpoint, save_checkpoint, save_rotating
 from common import UsageError, pick_device, run_cli
 from data.chat import conversation_rows, dataset_conversations, read_conversations
 from data.loader import ConversationBatches, RandomWindows, conversation_batches, sequential_windows
@@ -27,6 +27,7 @@ from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from data.tokenizer import KINDS, Tokenizer
 from generate import TextStream, generate
 from model import GPT, PRESETS, GPTConfig
+from model_card import write_model_card
 from options import check_choices, option, parse_options
 
 # Dense bf16 peak FLOP/s of known GPUs, for MFU.
@@ -45,7 +46,8 @@ class TrainConfig:
     vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer")
     val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing")
     # fine-tuning
-    init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt): its model, weights and tokenizer")
+    init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt), a Hugging Face GPT-2 folder, "
+                                "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl): its model, weights and tokenizer")
     chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` (data/synthetic_chat.py)")
     chat_dataset: str = option("", "fine-tune on a Hugging Face dataset with a `messages` column")
     chat_split: str = option("train", "the split of --chat_dataset")
@@ -389,7 +391,7 @@ def train(cfg):
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
-    init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+    init = load_any_checkpoint(cfg.init_from) if cfg.init_from else None
     fine_tuning = bool(cfg.chat_data or cfg.chat_dataset)
     if fine_tuning:
         if init is None:
@@ -411,6 +413,7 @@ def train(cfg):
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     step, best_val_loss, tokens_seen, skipped_steps = 0, float("inf"), 0, 0
+    best = {}  # this process's best evaluation (step, val_loss, val_bpb), for the model card
     spikes = SpikeGuard(cfg.loss_spike)
     resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
     if resumed:
@@ -430,6 +433,11 @@ def train(cfg):
                       tokens_seen=tokens_seen, skipped_steps=skipped_steps, optimizers=[o.state_dict() for o in optimizers],
                       loader=data.train_batches.state_dict(), spikes=spikes.state_dict(), rng=rng_state(), chat_tuned=chat_tuned)
 
+    def write_card(latest):
+        write_model_card(out_dir, model_config=vars(config), train_config=asdict(cfg), n_params=model.num_params(), step=step,
+                         tokens_seen=tokens_seen, tokenizer_kind=tokenizer.kind, n_vocab=tokenizer.n_vocab, latest=latest,
+                         best=best or {"val_loss": best_val_loss}, chat_tuned=chat_tuned)
+
     started = last_log = time.time()
     start_step = window_start_step = step
     window_tokens = bad_in_a_row = 0
@@ -445,6 +453,8 @@ def train(cfg):
                     save_last()
                     if improved:
                         save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, chat_tuned=chat_tuned, **metrics)
+                        best = {"step": step, **metrics}
+                    write_card(metrics)
                 last_log, window_start_step, window_tokens = time.time(), step, 0  # keep evaluation time out of the throughput figure
             if step == cfg.max_iters:
                 break
@@ -481,11 +491,13 @@ def train(cfg):
                 last_log, window_start_step, window_tokens = now, step, 0
             if stop.requested:
                 save_last()
+                write_card(None)  # no evaluation at this step
                 log.close()
                 raise TrainingStopped(stop.requested, step)
 
     log.close()
     print(f"done in {format_seconds(time.time() - started)}; best val loss {best_val_loss:.4f}; checkpoints in {out_dir}/")
+    plot_curves(out_dir)
     if fine_tuning and cfg.eval_chat:
         print_chat_accuracy(model, tokenizer, data.held_out[:cfg.eval_chat])
     elif cfg.sample_tokens:
@@ -549,6 +561,18 @@ def print_sample(model, tokenizer, cfg):
         print(stream.feed(token), end="", flush=True)
     print(stream.flush())
     print("-" * 48)
+
+
+def plot_curves(out_dir):
+    """out_dir/curves.png from metrics.jsonl, when the optional matplotlib is installed."""
+    try:
+        from plot import plot_runs
+        plot_runs([out_dir], out_dir / "curves.png")
+        print(f"training curves: {out_dir / 'curves.png'}")
+    except ImportError:
+        pass  # matplotlib is an optional extra: pip install -e ".[plot]"
+    except UsageError as e:
+        print(f"note: no training curves ({e})")
 
 
 def print_chat_accuracy(model, tokenizer, conversations):

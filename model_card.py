@@ -1,0 +1,212 @@
+"""Write MODEL_CARD.md, a short human-readable summary of a checkpoint folder: python model_card.py --ckpt=out
+
+train.py writes it after every checkpoint through write_model_card(); this script writes it again from a checkpoint
+(last.pt for the training state, best.pt for the best validation figures, metrics.jsonl for the latest ones).
+"""
+import math
+import shlex
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from common import UsageError, atomic_write, run_cli
+from model import GPT2_SIZES, PRESETS
+from options import format_value, option, parse_options
+
+CARD_FILE = "MODEL_CARD.md"
+FEATURES = {  # how each architecture choice reads in the card
+    "norm": {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"},
+    "mlp": {"gelu": "GELU MLP", "relu2": "ReLU² MLP"},
+}
+
+
+@dataclass
+class CardConfig:
+    ckpt: str = option("out", "the folder train.py wrote (its --out_dir), or a checkpoint file; the card is written beside it")
+
+
+def write_model_card(out_dir, *, model_config, train_config, n_params, step, tokens_seen, tokenizer_kind, n_vocab,
+                     latest=None, best=None, chat_tuned=False, date=None):
+    """Write out_dir/MODEL_CARD.md atomically from plain values; returns its path.
+
+    model_config, train_config: the dicts a checkpoint stores (train_config may be None: not recorded).
+    latest: {"val_loss", "val_bpb"} of the evaluation at `step`; best: {"val_loss", "val_bpb", "step"} of the best
+    one. Either may be None, and any of their keys missing. date: when the checkpoint was saved (default: now).
+    """
+    path = Path(out_dir) / CARD_FILE
+    text = model_card(Path(out_dir), model_config, train_config, n_params, step, tokens_seen, tokenizer_kind, n_vocab,
+                      latest, best, chat_tuned, date or datetime.now())
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def model_card(out_dir, model_config, train_config, n_params, step, tokens_seen, tokenizer_kind, n_vocab, latest, best, chat_tuned, date):
+    """The card's Markdown text."""
+    c, tc = model_config, train_config or {}
+    name = out_dir.resolve().name
+    tokens = f" on {tokens_seen:,} tokens" if tokens_seen is not None else ""
+    chat = "Fine-tuned for chat" if chat_tuned else "Not fine-tuned for chat"
+    lines = [
+        f"# {name}", "",
+        f"A {n_params / 1e6:.2f}M-parameter GPT ({architecture(c)}) trained for {step:,} steps{tokens}. {chat}.", "",
+        f"Checkpoint saved {date:%Y-%m-%d %H:%M}; this card is rewritten by train.py after every checkpoint "
+        f"and by `python model_card.py --ckpt={out_dir}`.", "",
+        "## Model", "",
+        "| | |", "| --- | --- |",
+        f"| architecture | {architecture(c)}: {features(c)} |",
+        f"| layers | {c['n_layer']} |",
+        f"| heads | {c['n_head']} of {c['n_embd'] // c['n_head']} channels |",
+        f"| width | {c['n_embd']} |",
+        f"| context | {c['block_size']:,} tokens |",
+        f"| parameters | {n_params:,} ({n_params / 1e6:.2f}M) |",
+        f"| tokenizer | {tokenizer_kind}, {n_vocab:,} ids (embedding table of {c['vocab_size']:,} rows) |",
+        "", "## Training", "",
+    ]
+    if train_config:
+        unit = "conversations" if chat_data(tc) else f"x {tc['block_size']} tokens"
+        lines += [
+            "| | |", "| --- | --- |",
+            f"| data | {data_source(tc)} |",
+            f"| steps | {step:,} of {tc['max_iters']:,} |",
+            f"| tokens processed | {f'{tokens_seen:,}' if tokens_seen is not None else 'not recorded'} |",
+            f"| batch | {tc['batch_size']} {unit} per micro-batch, {tc['grad_accum']} micro-batch{'es' * (tc['grad_accum'] != 1)} per step |",
+            f"| optimizer | {optimizer(tc)} |",
+            f"| fine-tuned for chat | {'yes' if chat_tuned else 'no'} |",
+        ]
+    else:
+        lines.append(f"The checkpoint records no training configuration (step {step:,}). {chat}.")
+    lines += ["", "## Validation", "", *validation_table(latest, best, step), "", "## Use it", "", "```bash", *usage(out_dir, tc, chat_tuned), "```", ""]
+    return "\n".join(lines)
+
+
+def architecture(c):
+    """The preset the model config matches ("modern preset", "gpt2 preset with rope positions"), else "custom"."""
+    for name, preset in PRESETS.items():
+        differ = [k for k in preset if c.get(k) != preset[k]]
+        if not differ or differ == ["pos_encoding"]:
+            size = next((size for size, dims in GPT2_SIZES.items() if dims == (c["n_layer"], c["n_head"], c["n_embd"])), None)
+            sized = f", the size of {size}" if name == "gpt2" and size else ""
+            return f"{name} preset{f' with {c[differ[0]]} positions' if differ else ''}{sized}"
+    return "custom architecture"
+
+
+def features(c):
+    return ", ".join([
+        f"{c['pos_encoding']} positions", FEATURES["norm"].get(c["norm"], c["norm"]), FEATURES["mlp"].get(c["mlp"], c["mlp"]),
+        *(["QK-norm"] if c.get("qk_norm") else []), "tied embeddings" if c.get("tie_embeddings") else "untied embeddings",
+        "biases" if c.get("bias") else "no biases",
+    ])
+
+
+def chat_data(tc):
+    return tc.get("chat_data") or tc.get("chat_dataset")
+
+
+def data_source(tc):
+    if tc.get("chat_dataset"):
+        source = f"conversations of the Hugging Face dataset {tc['chat_dataset']} ({tc.get('chat_split', 'train')} split)"
+    elif tc.get("chat_data") == "demo":
+        source = f"{tc.get('demo_conversations', 0):,} synthetic conversations (data/synthetic_chat.py)"
+    elif tc.get("chat_data"):
+        source = f"conversations from {tc['chat_data']}"
+    elif tc.get("data_dir"):
+        source = f"the prepared folder {tc['data_dir']}"
+    elif tc.get("dataset"):
+        source = f"the Hugging Face dataset {tc['dataset']}"
+    elif tc.get("data_path"):
+        source = tc["data_path"]
+    else:
+        source = "the built-in corpus (the Python standard library's source)"
+    return f"{source}, starting from {tc['init_from']}" if tc.get("init_from") else source
+
+
+def optimizer(tc):
+    lr = f"lr {tc['lr']:g}" + (f", Muon lr {tc['muon_lr']:g}" if tc["optimizer"] == "muon" else "")
+    return f"{tc['optimizer']} ({lr}), {tc['warmup_iters']} warmup steps then {tc['lr_schedule']} to {tc['min_lr_frac']:g} of the peak"
+
+
+def validation_table(latest, best, step):
+    rows = [("this checkpoint", {"step": step, **(latest or {})}), ("best", best or {})]
+    rows = [(what, r) for what, r in rows if _finite(r.get("val_loss"))]
+    if not rows:
+        return ["No validation recorded."]
+    lines = ["| | step | loss (nats/token) | perplexity | bits per byte |", "| --- | --- | --- | --- | --- |"]
+    for what, r in rows:
+        loss, bpb = r["val_loss"], r.get("val_bpb")
+        lines.append(f"| {what} | {r['step'] if 'step' in r else '—'} | {loss:.4f} | {math.exp(min(loss, 700)):.2f} | "
+                     f"{f'{bpb:.4f}' if _finite(bpb) else '—'} |")
+    return lines
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def usage(out_dir, tc, chat_tuned):
+    ckpt = shlex.quote(str(out_dir))
+    prompt = shlex.quote(tc.get("sample_prompt") or "Once upon a time")
+    lines = ["# completions (a folder means its best.pt, else last.pt)", f"python sample.py --ckpt={ckpt} --prompt={prompt}"]
+    if chat_tuned:
+        lines += ["# chat in the terminal", f"python chat.py --ckpt={ckpt}"]
+    else:
+        lines += ["# not fine-tuned for chat: fine-tune it on conversations first, then chat.py --ckpt=THAT_FOLDER",
+                  f"python train.py --init_from={ckpt} --chat_data=chats.jsonl --out_dir={shlex.quote(f'{out_dir}_chat')}"]
+    lines += ["# loss, perplexity and bits per byte on any text file", f"python evaluate.py --ckpt={ckpt} --data=FILE",
+              "# training curves from metrics.jsonl", f"python plot.py {ckpt} --out={shlex.quote(str(Path(out_dir) / 'curves.png'))}"]
+    command = training_command(tc, out_dir)
+    if command:
+        lines += ["# how it was trained: the same command again resumes from last.pt", command]
+    return lines
+
+
+def training_command(tc, out_dir):
+    """`python train.py` with the options where this run differs from plain `python train.py` (config/default.py)."""
+    if not tc:
+        return None
+    from train import TrainConfig  # here, not at the top: train.py imports this module
+
+    plain = asdict(parse_options(TrainConfig, [], description="", default_config="default"))
+    tc = {**tc, "out_dir": str(out_dir)}
+    return shlex.join(["python", "train.py", *(f"--{k}={format_value(v)}" for k, v in tc.items() if k in plain and plain[k] != v)])
+
+
+def card_from_checkpoint(path):
+    """Write the card of a checkpoint folder (or of the folder holding a checkpoint file); returns its path."""
+    from checkpoint import BEST, LAST, build_model, load_checkpoint, resolve_checkpoint
+    from data.tokenizer import Tokenizer
+    from plot import read_metrics
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    main_path = folder / LAST if path.is_dir() and (folder / LAST).is_file() else resolve_checkpoint(path)
+    ckpt = load_checkpoint(main_path)
+    step = ckpt.get("step", 0)
+    model, _ = build_model(ckpt)
+    tokenizer = Tokenizer.from_json(ckpt["tokenizer"])
+    best, latest = {"val_loss": ckpt.get("best_val_loss")}, None
+    if "val_loss" in ckpt:  # best.pt: its own evaluation is the latest and the best
+        latest = best = {"step": step, "val_loss": ckpt["val_loss"], "val_bpb": ckpt.get("val_bpb")}
+    elif (folder / BEST).is_file():
+        saved = load_checkpoint(folder / BEST)
+        if saved.get("step", 0) <= step:  # not a later best than this checkpoint
+            best = {"step": saved.get("step"), "val_loss": saved.get("val_loss"), "val_bpb": saved.get("val_bpb")}
+    if latest is None:
+        try:
+            _, evals, _ = read_metrics(folder)
+            latest = next((r for r in reversed(evals) if r.get("iter") == step), None)
+        except UsageError:  # no metrics.jsonl beside it
+            pass
+    return write_model_card(folder, model_config=ckpt["model_config"], train_config=ckpt.get("train_config"),
+                            n_params=model.num_params(), step=step, tokens_seen=ckpt.get("tokens_seen"),
+                            tokenizer_kind=tokenizer.kind, n_vocab=tokenizer.n_vocab, latest=latest, best=best,
+                            chat_tuned=bool(ckpt.get("chat_tuned")), date=datetime.fromtimestamp(main_path.stat().st_mtime))
+
+
+def main():
+    cfg = parse_options(CardConfig, description=__doc__, positional=None)
+    print(f"wrote {card_from_checkpoint(cfg.ckpt)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
