@@ -448,7 +448,7 @@ def train(cfg):
                 improved = metrics["val_loss"] < best_val_loss
                 best_val_loss = min(best_val_loss, metrics["val_loss"])
                 print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
-                log.write({"iter": step, "tokens": tokens_seen, **metrics})
+                log.write({"iter": step, "tokens": tokens_seen, "elapsed_s": time.time() - started, **metrics})
                 if step > start_step:  # not the state just loaded (or the untrained one)
                     save_last()
                     if improved:
