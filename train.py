@@ -5,6 +5,7 @@ trains a small model, evaluates it, saves checkpoints under out/ and prints a sa
 """
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -25,6 +26,7 @@ from data.loader import ConversationBatches, RandomWindows, conversation_batches
 from data.prepare import PrepareConfig, default_data_dir, prepare
 from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from data.tokenizer import KINDS, Tokenizer
+from distributed import Distributed, checkpoint_activations
 from generate import TextStream, generate
 from model import GPT, PRESETS, GPTConfig
 from model_card import write_model_card
@@ -89,6 +91,9 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto: bfloat16 autocast on CUDA, float32 elsewhere", ("auto", "float32", "bfloat16"))
     compile: bool = option(False, "torch.compile the model")
+    parallel: str = option("auto", "several processes (under torchrun): auto (ddp when torchrun starts more than one), "
+                                   "ddp (DistributedDataParallel) or fsdp (FSDP2, parameters sharded)", ("auto", "ddp", "fsdp"))
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, more compute")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "random seed")
     resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it", ("auto", "true", "false"))
@@ -165,11 +170,12 @@ class StopSignals:
         print(f"\n{self.requested} received: finishing this step and saving a checkpoint (Ctrl-C again quits at once)", flush=True)
 
 
-def prepared_data(cfg):
-    """The prepared data folder for this run, preparing the corpus first when needed."""
+def prepared_data(cfg, dist=Distributed()):
+    """The prepared data folder for this run, preparing the corpus first when needed (rank 0 only; the others wait)."""
     prep = PrepareConfig(inputs=[cfg.data_path] if cfg.data_path else [], dataset=cfg.dataset, text_field=cfg.text_field,
                          tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction)
     prep.out_dir = cfg.data_dir or str(default_data_dir(prep))
+    dist.wait_for(lambda: is_prepared(prep.out_dir))
     if not is_prepared(prep.out_dir):
         print(f"preparing data into {prep.out_dir} (once; later runs reuse it)", flush=True)
         prepare(prep)
@@ -198,8 +204,8 @@ class RunData:
     held_out: list  # validation conversations (fine-tuning), for --eval_chat
 
 
-def pretraining_data(cfg):
-    data_dir = prepared_data(cfg)
+def pretraining_data(cfg, dist=Distributed()):
+    data_dir = prepared_data(cfg, dist)
     meta = read_meta(data_dir)
     if meta["tokenizer"] != cfg.tokenizer:
         print(f"note: {data_dir} was prepared with the {meta['tokenizer']} tokenizer, which this run uses (--tokenizer applies when preparing)")
@@ -302,7 +308,7 @@ def lr_multiplier(step, cfg):
 
 
 @torch.no_grad()
-def evaluate(model, batches, byte_lengths, device, autocast):
+def evaluate(model, batches, byte_lengths, device, autocast, dist=Distributed()):
     """Mean loss in nats per target token, and bits per byte over the text tokens (special tokens carry no bytes).
 
     Targets of -1 (fine-tuning: not the assistant's tokens, or padding) are not scored.
@@ -320,6 +326,8 @@ def evaluate(model, batches, byte_lengths, device, autocast):
         text_nats += losses[n_bytes > 0].sum().item()
         text_bytes += n_bytes.sum().item()
     model.train()
+    if dist.active:  # each rank scored a share of the batches
+        nats, tokens, text_nats, text_bytes = dist.sum(nats, tokens, text_nats, text_bytes)
     return {"val_loss": nats / tokens, "val_bpb": text_nats / math.log(2) / max(1.0, text_bytes)}
 
 
@@ -338,12 +346,12 @@ def format_seconds(seconds):
 class MetricsLog:
     """Metrics to metrics.jsonl in the output folder, and to wandb when asked."""
 
-    def __init__(self, cfg, fresh):
-        self.path = Path(cfg.out_dir) / "metrics.jsonl"
-        if fresh:
+    def __init__(self, cfg, fresh, enabled=True):
+        self.path, self.enabled = Path(cfg.out_dir) / "metrics.jsonl", enabled
+        if fresh and enabled:
             self.path.unlink(missing_ok=True)
         self.wandb = None
-        if cfg.wandb:
+        if cfg.wandb and enabled:
             try:
                 import wandb
             except ImportError:
@@ -351,6 +359,8 @@ class MetricsLog:
             self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or Path(cfg.out_dir).name, config=asdict(cfg))
 
     def write(self, record):
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb:
@@ -383,11 +393,19 @@ def restore_rng_state(state):
 
 
 def train(cfg):
+    """Train alone, or as one rank of a torchrun job (see distributed.py); the process group lives as long as the run."""
     check_config(cfg)
+    dist, device = Distributed.setup(cfg, pick_device(cfg.device))
+    try:
+        return run_training(cfg, dist, device)
+    finally:
+        dist.close()
+
+
+def run_training(cfg, dist, device):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
@@ -398,7 +416,7 @@ def train(cfg):
             raise UsageError("fine-tuning on conversations needs --init_from=CHECKPOINT, the model to fine-tune (e.g. --init_from=out after `python train.py`)")
         data = chat_data(cfg, Tokenizer.from_json(init["tokenizer"]))
     else:
-        data = pretraining_data(cfg)
+        data = pretraining_data(cfg, dist)
         if init is not None and init["tokenizer"] != data.tokenizer.to_json():
             raise UsageError(f"{init['path']} was trained with a different tokenizer than {data.summary.split(' ')[0]}'s; "
                              "prepare the data with the checkpoint's tokenizer, or train from scratch")
@@ -409,6 +427,10 @@ def train(cfg):
     model = GPT(config).to(device)
     if init:
         load_initial_weights(model, init)
+    flops_per_token, n_params = model.flops_per_token(), model.num_params()
+    if cfg.activation_checkpointing:
+        checkpoint_activations(model)
+    dist.shard(model)  # FSDP: in place, before the optimizer sees the parameters
     optimizers = make_optimizers(model, cfg, device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -417,24 +439,39 @@ def train(cfg):
     spikes = SpikeGuard(cfg.loss_spike)
     resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
     if resumed:
-        step, best_val_loss, tokens_seen, skipped_steps = resume(out_dir / LAST, model, optimizers, data.train_batches, spikes, config, tokenizer)
-    train_model = torch.compile(model) if cfg.compile else model
-    log = MetricsLog(cfg, fresh=not resumed)
+        step, best_val_loss, tokens_seen, skipped_steps = resume(out_dir / LAST, model, optimizers, data.train_batches, spikes, config, tokenizer, dist)
+    train_batches = dist.train_batches(data.train_batches)  # this rank's micro-batches of each global batch
+    train_model, eval_model = dist.wrap(model, cfg.compile)
+    log = MetricsLog(cfg, fresh=not resumed, enabled=dist.is_main)
 
-    flops_per_token, peak = model.flops_per_token(), peak_flops(device)
+    peak = peak_flops(device)
     chat_tuned = fine_tuning or bool(init and init.get("chat_tuned"))
     print(f"data: {data.summary}")
-    print(f"model: {describe(config)}, {model.num_params() / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
+    print(f"model: {describe(config)}, {n_params / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
     print(f"{'fine-tuning' if fine_tuning else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
-          f"{cfg.batch_size * cfg.grad_accum} {'conversations' if fine_tuning else f'x {cfg.block_size} tokens'}, {cfg.optimizer}")
+          f"{cfg.batch_size * cfg.grad_accum} {'conversations' if fine_tuning else f'x {cfg.block_size} tokens'}, {cfg.optimizer}"
+          f"{f', {dist.mode} over {dist.world_size} processes' if dist.active else ''}")
+
+    def saved_model(weights):
+        """What save_checkpoint writes: the model itself when alone, else its full weights gathered on rank 0."""
+        return model if not dist.active else FullModel(config, weights)
 
     def save_last():
-        save_rotating(out_dir, cfg.keep_last, model, tokenizer, train_config=asdict(cfg), step=step, best_val_loss=best_val_loss,
-                      tokens_seen=tokens_seen, skipped_steps=skipped_steps, optimizers=[o.state_dict() for o in optimizers],
-                      loader=data.train_batches.state_dict(), spikes=spikes.state_dict(), rng=rng_state(), chat_tuned=chat_tuned)
+        weights, optimizer_states = dist.full_state(model, optimizers) if dist.active else (None, [o.state_dict() for o in optimizers])
+        if dist.is_main:
+            save_rotating(out_dir, cfg.keep_last, saved_model(weights), tokenizer, train_config=asdict(cfg), step=step, best_val_loss=best_val_loss,
+                          tokens_seen=tokens_seen, skipped_steps=skipped_steps, optimizers=optimizer_states,
+                          loader=data.train_batches.state_dict(), spikes=spikes.state_dict(), rng=rng_state(), chat_tuned=chat_tuned)
+
+    def save_best(metrics):
+        weights = dist.full_weights(model) if dist.active else None
+        if dist.is_main:
+            save_checkpoint(out_dir / BEST, saved_model(weights), tokenizer, train_config=asdict(cfg), step=step, chat_tuned=chat_tuned, **metrics)
 
     def write_card(latest):
-        write_model_card(out_dir, model_config=vars(config), train_config=asdict(cfg), n_params=model.num_params(), step=step,
+        if not dist.is_main:
+            return
+        write_model_card(out_dir, model_config=vars(config), train_config=asdict(cfg), n_params=n_params, step=step,
                          tokens_seen=tokens_seen, tokenizer_kind=tokenizer.kind, n_vocab=tokenizer.n_vocab, latest=latest,
                          best=best or {"val_loss": best_val_loss}, chat_tuned=chat_tuned)
 
@@ -444,7 +481,7 @@ def train(cfg):
     with StopSignals() as stop:
         while True:
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                metrics = evaluate(train_model, data.val_batches(), byte_lengths, device, autocast)
+                metrics = evaluate(eval_model, dist.eval_batches(data.val_batches()), byte_lengths, device, autocast, dist)
                 improved = metrics["val_loss"] < best_val_loss
                 best_val_loss = min(best_val_loss, metrics["val_loss"])
                 print(f"step {step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte{' (best)' if improved else ''}", flush=True)
@@ -452,14 +489,14 @@ def train(cfg):
                 if step > start_step:  # not the state just loaded (or the untrained one)
                     save_last()
                     if improved:
-                        save_checkpoint(out_dir / BEST, model, tokenizer, train_config=asdict(cfg), step=step, chat_tuned=chat_tuned, **metrics)
+                        save_best(metrics)
                         best = {"step": step, **metrics}
                     write_card(metrics)
                 last_log, window_start_step, window_tokens = time.time(), step, 0  # keep evaluation time out of the throughput figure
             if step == cfg.max_iters:
                 break
 
-            loss, grad_norm, step_tokens, updated = train_step(train_model, model, optimizers, data.train_batches, cfg, step, device, autocast, spikes)
+            loss, grad_norm, step_tokens, updated = train_step(train_model, model, optimizers, train_batches, cfg, step, device, autocast, spikes, dist)
             step += 1
             tokens_seen += step_tokens
             window_tokens += step_tokens
@@ -483,20 +520,29 @@ def train(cfg):
                           "tokens_per_s": tokens_per_s, "skipped_steps": skipped_steps}
                 mfu = ""
                 if peak:
-                    record["mfu"] = flops_per_token * tokens_per_s / peak
+                    record["mfu"] = flops_per_token * tokens_per_s / (peak * dist.world_size)  # tokens of all ranks, over all GPUs
                     mfu = f" | mfu {100 * record['mfu']:.1f}%"
                 print(f"step {step}/{cfg.max_iters} ({100 * step / cfg.max_iters:.0f}%) | loss {loss:.4f} | lr {record['lr']:.2e} | "
                       f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
                 log.write(record)
                 last_log, window_start_step, window_tokens = now, step, 0
-            if stop.requested:
+            if dist.any(stop.requested):  # every rank stops at the same step
                 save_last()
                 write_card(None)  # no evaluation at this step
                 log.close()
-                raise TrainingStopped(stop.requested, step)
+                dist.barrier()  # no rank exits while rank 0 is still saving
+                raise TrainingStopped(stop.requested or "SIGTERM", step)
 
     log.close()
+    dist.barrier()  # rank 0's last checkpoint is written before any rank leaves
     print(f"done in {format_seconds(time.time() - started)}; best val loss {best_val_loss:.4f}; checkpoints in {out_dir}/")
+    if dist.mode == "fsdp":  # generation below runs on rank 0 alone: a plain model with the gathered weights
+        weights = dist.full_weights(model)
+        model = GPT(config).to(device) if dist.is_main else None
+        if model is not None:
+            model.load_state_dict(weights)
+    if not dist.is_main:
+        return None
     plot_curves(out_dir)
     if fine_tuning and cfg.eval_chat:
         print_chat_accuracy(model, tokenizer, data.held_out[:cfg.eval_chat])
@@ -505,9 +551,21 @@ def train(cfg):
     return model
 
 
-def train_step(train_model, model, optimizers, batches, cfg, step, device, autocast, spikes):
+class FullModel:
+    """What save_checkpoint needs of a model (config and state_dict), from weights gathered across the ranks."""
+
+    def __init__(self, config, weights):
+        self.config, self.weights = config, weights
+
+    def state_dict(self):
+        return self.weights
+
+
+def train_step(train_model, model, optimizers, batches, cfg, step, device, autocast, spikes, dist=Distributed()):
     """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, whether it updated).
 
+    With W processes each runs grad_accum / W of the micro-batches, gradients are averaged across them on the last one,
+    and the loss and token count returned are the global ones, the same on every rank.
     A step whose loss or gradient is not finite, or whose loss is a spike, changes no weight and no optimizer state.
     """
     multiplier = lr_multiplier(step, cfg)
@@ -515,14 +573,20 @@ def train_step(train_model, model, optimizers, batches, cfg, step, device, autoc
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
     loss_sum, tokens = 0.0, 0
-    for _ in range(cfg.grad_accum):
+    micro_steps = cfg.grad_accum // dist.world_size
+    for i in range(micro_steps):
         x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in batches.next_batch())
         tokens += x.numel()
-        with autocast:
-            loss = train_model(x, y) / cfg.grad_accum
-        loss.backward()
+        with dist.grad_sync(train_model, i == micro_steps - 1):
+            with autocast:
+                loss = train_model(x, y) / micro_steps
+            loss.backward()
         loss_sum += loss.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
+    if dist.active:
+        loss_sum, tokens = dist.sum(loss_sum, tokens)
+        loss_sum, tokens = loss_sum / dist.world_size, int(tokens)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = dist.full_value(grad_norm).item()
     update = math.isfinite(loss_sum) and math.isfinite(grad_norm) and not spikes.is_spike(loss_sum)
     if update:
         for opt in optimizers:
@@ -533,16 +597,14 @@ def train_step(train_model, model, optimizers, batches, cfg, step, device, autoc
     return loss_sum, grad_norm, tokens, update
 
 
-def resume(path, model, optimizers, train_batches, spikes, config, tokenizer):
+def resume(path, model, optimizers, train_batches, spikes, config, tokenizer, dist=Distributed()):
     ckpt = load_checkpoint(path)
     if ckpt["model_config"] != vars(config):
         changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
         raise UsageError(f"{path} was trained with a different model ({', '.join(changed)} differ); use the same settings or a new --out_dir")
     if ckpt["tokenizer"] != tokenizer.to_json():
         raise UsageError(f"{path} was trained with a different tokenizer than the data's; use the data it was trained on or a new --out_dir")
-    model.load_state_dict(ckpt["model"])
-    for opt, state in zip(optimizers, ckpt["optimizers"]):
-        opt.load_state_dict(state)
+    dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
     train_batches.load_state_dict(ckpt["loader"])
     if "spikes" in ckpt:
         spikes.load_state_dict(ckpt["spikes"])
@@ -592,8 +654,9 @@ def main():
     try:
         train(cfg)
     except TrainingStopped as stopped:
-        print(f"stopped by {stopped.signal_name} at step {stopped.step}; the checkpoint is in {cfg.out_dir}/. "
-              f"Run the same command again to resume.", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stopped by {stopped.signal_name} at step {stopped.step}; the checkpoint is in {cfg.out_dir}/. "
+                  f"Run the same command again to resume.", file=sys.stderr)
         sys.exit(128 + signal.Signals[stopped.signal_name].value)
 
 
