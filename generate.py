@@ -86,17 +86,52 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None, top_p=1.0, 
     return torch.multinomial(probs, 1, generator=generator)
 
 
+class LayerKVCache(KVCache):
+    """KVCache with a buffer per layer, (B, H, max_len, D) each: what Engine(compile=True) uses.
+
+    A compiled step writes each layer's new keys and values in place. With model.KVCache's one buffer for all layers,
+    each layer's write becomes a copy of the whole (n_layer, ...) buffer in the compiled graph: 6x slower than eager
+    for GPT-2 small on a CPU.
+    """
+
+    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0
+
+    @property
+    def max_len(self):
+        return self.k[0].shape[2]
+
+    def append(self, layer, k, v):
+        end = self.pos + k.shape[2]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
 class Engine:
     """A model plus one KV cache and the token ids whose keys and values it holds."""
 
-    def __init__(self, model, vocab_limit=None):
+    def __init__(self, model, vocab_limit=None, compile=False):
         self.model, self.vocab_limit = model, vocab_limit
         self.block_size = model.config.block_size
         param = next(model.parameters())
         self.device = param.device
-        self.cache = KVCache(model.config, 1, self.block_size, self.device, dtype=param.dtype)
+        # compile=True: decode_step runs the model through torch.compile (prefill stays eager, its length varies).
+        # The cache position is passed in as an int argument with dynamic=True, so it is symbolic in the graph: one graph
+        # serves every position, where reading kv_cache.pos as an attribute would specialise on it and recompile every token.
+        # The cache has a buffer per layer (LayerKVCache) and one spare slot, which keeps the keys read at the last
+        # position a strict slice of the buffer (a whole-buffer view would compile a second graph).
+        # The first decode step compiles (seconds to minutes); a compiler error surfaces there.
+        if compile:
+            self.cache = LayerKVCache(model.config, 1, self.block_size + 1, self.device, dtype=param.dtype)
+        else:
+            self.cache = KVCache(model.config, 1, self.block_size, self.device, dtype=param.dtype)
         self.cached_ids = []
         self.last_prefill = {"reused": 0, "prefilled": 0}
+        self._compiled_decode = torch.compile(self._decode_at, dynamic=True) if compile else None
 
     @torch.no_grad()
     def prefill(self, ids):
@@ -113,7 +148,7 @@ class Engine:
             reused += 1
         self.cache.pos = reused  # everything after the shared prefix is overwritten
         self.cached_ids = self.cached_ids[:reused]  # true even if the forward below is interrupted (Ctrl-C)
-        logits = self.model(torch.tensor([ids[reused:]], device=self.device), kv_cache=self.cache)[:, -1, :]
+        logits = self.model(torch.tensor([ids[reused:]], device=self.device), kv_cache=self.cache, last_only=True)[:, -1, :]
         self.cached_ids = list(ids)
         self.last_prefill = {"reused": reused, "prefilled": len(ids) - reused}
         return logits
@@ -121,9 +156,18 @@ class Engine:
     @torch.no_grad()
     def decode_step(self, token_id):
         """One token in, the next logits (1, V) out."""
-        logits = self.model(torch.tensor([[token_id]], device=self.device), kv_cache=self.cache)[:, -1, :]
+        idx = torch.tensor([[token_id]], device=self.device)
+        if self._compiled_decode is not None:
+            logits = self._compiled_decode(idx, self.cache.pos)
+        else:
+            logits = self.model(idx, kv_cache=self.cache)[:, -1, :]
         self.cached_ids.append(token_id)
         return logits
+
+    def _decode_at(self, idx, pos):
+        """The model on one token at cache position `pos` (what compile=True compiles)."""
+        self.cache.pos = pos
+        return self.model(idx, kv_cache=self.cache)[:, -1, :]
 
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, seed=None, stop_ids=(), top_p=1.0, min_p=0.0,
                  repetition_penalty=1.0, repetition_window=64, generator=None):
@@ -177,7 +221,7 @@ def beam_search(model, prompt_ids, beam_size, max_new_tokens, stop_ids=(), vocab
         raise ValueError("generation needs at least one prompt token")
     param = next(model.parameters())
     cache = KVCache(model.config, beam_size, block_size, param.device, dtype=param.dtype)
-    logits = model(torch.tensor([prompt] * beam_size, device=param.device), kv_cache=cache)[:, -1, :]
+    logits = model(torch.tensor([prompt] * beam_size, device=param.device), kv_cache=cache, last_only=True)[:, -1, :]
     beams = [[] for _ in range(beam_size)]
     scores = torch.zeros(beam_size, device=param.device)
     scores[1:] = float("-inf")  # all rows start identical: expand only the first

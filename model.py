@@ -199,8 +199,11 @@ class GPT(nn.Module):
             return torch.stack((angles.cos(), angles.sin()))
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleaved sin, cos
 
-    def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
-        """idx (B, T) -> logits (B, T, V); with targets (B, T), the cross-entropy instead (ignore_index -1)."""
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False):
+        """idx (B, T) -> logits (B, T, V); with targets (B, T), the cross-entropy instead (ignore_index -1).
+
+        last_only: logits of the last position only, (B, 1, V): all a prefill needs, without the output layer's cost on the rest.
+        """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -219,6 +222,8 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
+        if last_only and targets is None:
+            x = x[:, -1:, :]
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:

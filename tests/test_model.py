@@ -182,3 +182,13 @@ def test_full_size_gpt2_kv_cache_matches_full_forward(preset):
         cache = KVCache(model.config, 1, 1024, "cpu")
         pieces = [model(idx[:, :32], kv_cache=cache)] + [model(idx[:, t:t + 1], kv_cache=cache) for t in range(32, 48)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_last_only_gives_the_last_positions_logits(preset):
+    model = tiny_model(preset, vocab_size=48, block_size=16)
+    idx = torch.randint(0, 48, (2, 10))
+    with torch.no_grad():
+        full, last = model(idx), model(idx, last_only=True)
+    assert last.shape == (2, 1, 48)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)

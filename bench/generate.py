@@ -1,0 +1,321 @@
+"""Generation speed at batch 1: python bench/generate.py [--compile=true] [--size=gpt2] [--key=value ...]
+
+A gpt2-preset model (GPT-2 small by default) with random weights, seeded: speed does not depend on the weights.
+- Ours: greedy generation through generate.py's Engine, the routine sample.py and chat.py use. Time to first token
+  for a --prompt_tokens prompt (prefill and the first token), and decode tokens/s over --new_tokens tokens; eager,
+  and with --compile=true also with the one-token decode step compiled (Engine(compile=True)).
+- transformers, when installed: GPT2LMHeadModel with the same weights through model.generate, the same figures,
+  whether it picks the same greedy tokens, and the speed ratio ours / transformers.
+- Chat: a ChatSession with a --chat_context context fed --chat_turns user turns of --turn_tokens tokens (bytes
+  tokenizer), short greedy replies: time to first token at the first and the last turn, whose history the KV cache
+  already holds, against the last turn's with the whole history prefilled afresh.
+Each figure is the median of --repeats runs (distinct random prompts) after a warm-up run.
+"""
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
+
+import torch
+
+from chat_session import ChatSession
+from common import UsageError, first_line, pick_device, run_cli
+from data.tokenizer import byte_tokenizer
+from generate import Engine, SamplingOptions, Timer
+from hf import MASK_BUFFER, hf_config, to_hf_state
+from model import GPT, GPT2_SIZES, GPTConfig
+from options import option, parse_options
+
+GPT2_CONTEXT = 1024
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BenchConfig:
+    size: str = option("gpt2", "GPT-2 size of the model", tuple(GPT2_SIZES))
+    n_layer: int = option(0, "override the size's number of layers (0: the size's)")
+    n_head: int = option(0, "override the size's number of heads (0: the size's)")
+    n_embd: int = option(0, "override the size's width (0: the size's)")
+    vocab_size: int = option(50257, "vocabulary size (GPT-2's 50,257 by default)")
+    prompt_tokens: int = option(128, "prompt length in tokens")
+    new_tokens: int = option(128, "greedy tokens generated after the prompt")
+    compile: bool = option(False, "also measure our decoding with the one-token decode step compiled (torch.compile)")
+    transformers: bool = option(True, "also measure transformers' GPT2LMHeadModel on the same weights, when it is installed")
+    chat_turns: int = option(10, "user turns of the chat measurement (0: skip it)")
+    turn_tokens: int = option(150, "tokens per user turn of the chat measurement")
+    reply_tokens: int = option(8, "tokens per reply of the chat measurement")
+    chat_context: int = option(2048, "context length of the chat measurement's model")
+    repeats: int = option(3, "runs of each measurement; the median is reported")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere", ("auto", *DTYPES))
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    seed: int = option(1337, "seed of the random weights and prompts")
+
+
+# --- shared with bench/train_throughput.py ----------------------------------------------------------------------
+
+def describe_machine(device):
+    """One line: CPU model and cores, torch version and threads, the GPU."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
+    if device.startswith("cuda"):
+        gpu = f"GPU {torch.cuda.get_device_name(device)}"
+    elif device == "mps":
+        gpu = "Apple GPU (mps)"
+    else:
+        gpu = f"GPU {torch.cuda.get_device_name(0)} unused" if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
+    return f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {threads} thread{'s' * (threads != 1)}, {gpu}"
+
+
+def reproduce_command(script, cfg, always=()):
+    """The command that reruns this measurement: the options named in `always`, then any other that is not its default."""
+    parts = [f"python {script}"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in always or value != f.default:
+            parts.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(parts)
+
+
+def resolve_dtype(name, device):
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+# --- the measurements -------------------------------------------------------------------------------------------
+
+def model_config(cfg, block_size):
+    n_layer, n_head, n_embd = GPT2_SIZES[cfg.size]
+    try:
+        return GPTConfig.from_preset("gpt2", n_layer=cfg.n_layer or n_layer, n_head=cfg.n_head or n_head, n_embd=cfg.n_embd or n_embd,
+                                     block_size=block_size, vocab_size=cfg.vocab_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def random_model(config, seed, device, dtype):
+    torch.manual_seed(seed)
+    return GPT(config).to(device=device, dtype=dtype).eval()
+
+
+def time_ours(engine, prompt, new_tokens):
+    """(greedy tokens, time to first token, decode tokens/s) of Engine.generate, as sample.py runs it.
+
+    The clock stops at the last token: generate() would run one more decode step if asked for the next one.
+    """
+    tokens, timer = [], Timer()
+    stream = engine.generate(prompt, new_tokens, temperature=0)
+    for token in stream:
+        timer.tick()
+        tokens.append(token)
+        if len(tokens) == new_tokens:
+            break
+    figures = timer.report()
+    stream.close()
+    if engine.last_prefill["reused"]:
+        raise RuntimeError("the prompt reused the cache of an earlier one: prompts must differ from their first token")
+    return tokens, figures["ttft_s"], figures["decode_tokens_per_s"]
+
+
+def transformers_twin(model, eot_id=50256):
+    """transformers' GPT2LMHeadModel with the weights of our gpt2-preset `model` (hf.to_hf_state), on its device and dtype."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    eot_id = min(eot_id, model.config.vocab_size - 1)
+    twin = GPT2LMHeadModel(GPT2Config(**hf_config(model.config, eot_id)))
+    result = twin.load_state_dict(to_hf_state(model), strict=False)
+    tied = twin.lm_head.weight is twin.transformer.wte.weight
+    missing = [k for k in result.missing_keys if not (MASK_BUFFER.fullmatch(k.removeprefix("transformer.")) or (k == "lm_head.weight" and tied))]
+    if missing or result.unexpected_keys:  # only GPT-2's constant attention-mask buffers (and a tied lm_head) may be left out
+        raise RuntimeError(f"GPT2LMHeadModel did not take our weights: missing {missing}, unexpected {result.unexpected_keys}")
+    param = next(model.parameters())
+    return twin.to(device=param.device, dtype=param.dtype).eval()
+
+
+@torch.no_grad()
+def transformers_greedy(twin, prompt, new_tokens):
+    """Exactly new_tokens greedy tokens after prompt from model.generate."""
+    ids = torch.tensor([prompt], device=twin.device)
+    out = twin.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                        pad_token_id=twin.config.eos_token_id)
+    return out[0, len(prompt):].tolist()
+
+
+def time_transformers(twin, prompt, new_tokens, device):
+    """(greedy tokens, time to first token, decode tokens/s): the first token's time is generate's with max_new_tokens=1."""
+    sync(device)
+    started = time.perf_counter()
+    transformers_greedy(twin, prompt, 1)
+    sync(device)
+    ttft = time.perf_counter() - started
+    started = time.perf_counter()
+    tokens = transformers_greedy(twin, prompt, new_tokens)
+    sync(device)
+    decode_s = time.perf_counter() - started - ttft
+    return tokens, ttft, (new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else 0.0
+
+
+def random_prompts(n, length, vocab_size, seed):
+    """n random prompts whose first tokens differ, so that an Engine reuses nothing of the one before."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab_size, (length,), generator=generator).tolist() for _ in range(n)]
+    for i, prompt in enumerate(prompts):
+        prompt[0] = i % vocab_size
+    return prompts
+
+
+def measure(run, warmup, prompts, new_tokens):
+    """Median (time to first token, decode tokens/s) over the prompts, after a warm-up run; and each prompt's tokens."""
+    run(warmup, min(new_tokens, 4))
+    results = [run(prompt, new_tokens) for prompt in prompts]
+    return statistics.median(r[1] for r in results), statistics.median(r[2] for r in results), [r[0] for r in results]
+
+
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def figures_line(ttft, rate):
+    return f"time to first token {1000 * ttft:8.1f} ms | decode {rate:7.1f} tokens/s"
+
+
+def user_turn(rng, n_chars):
+    words = ["the", "model", "reads", "every", "token", "of", "this", "long", "message", "and", "keeps", "its", "keys", "values",
+             "in", "a", "cache", "so", "next", "turn", "costs", "only", "new", "text"]
+    text = ""
+    while len(text) < n_chars:
+        text += rng.choice(words) + " "
+    return text[:n_chars]
+
+
+def chat_conversation(model, tokenizer, cfg, rng):
+    """Stats of the first and last turns of one conversation, and of the last turn replied to by a fresh session."""
+    options = SamplingOptions(temperature=0.0, top_k=None, repetition_penalty=1.0, max_new_tokens=cfg.reply_tokens, seed=cfg.seed)
+    session = ChatSession(model, tokenizer, options)
+    turns = []
+    for _ in range(cfg.chat_turns):
+        "".join(session.respond(user_turn(rng, cfg.turn_tokens)))
+        if session.stats["dropped_turns"]:
+            raise UsageError(f"{cfg.chat_turns} turns of {cfg.turn_tokens} tokens outgrow --chat_context={cfg.chat_context}: "
+                             "the oldest turns were dropped; use fewer or shorter turns or a longer context")
+        turns.append(dict(session.stats))
+    fresh = ChatSession(model, tokenizer, options)
+    fresh.messages = [dict(m) for m in session.messages[:-1]]  # the same token ids up to the last user message, nothing cached
+    "".join(fresh.reply())
+    return turns[0], turns[-1], dict(fresh.stats)
+
+
+def measure_chat(cfg, device, dtype):
+    tokenizer = byte_tokenizer()
+    config = model_config(cfg, cfg.chat_context)
+    config.vocab_size = max(config.vocab_size, tokenizer.n_vocab)
+    model = random_model(config, cfg.seed, device, dtype)
+    rng = random.Random(cfg.seed)
+    "".join(ChatSession(model, tokenizer, SamplingOptions(temperature=0.0, max_new_tokens=2)).respond("warm-up"))
+    runs = [chat_conversation(model, tokenizer, cfg, rng) for _ in range(cfg.repeats)]
+    first, last, fresh = (statistics.median(run[i]["ttft_s"] for run in runs) for i in range(3))
+    counts = runs[-1]
+    print(f"chat: ChatSession, context {cfg.chat_context}, {cfg.chat_turns} user turns of {cfg.turn_tokens} tokens, greedy replies of "
+          f"{cfg.reply_tokens} tokens (bytes tokenizer), median of {cfg.repeats} conversations")
+    n = cfg.chat_turns
+    for label, ttft, stats in (("turn 1", first, counts[0]), (f"turn {n}", last, counts[1]), (f"turn {n}, history re-prefilled", fresh, counts[2])):
+        print(f"  {label + ':':<31} time to first token {1000 * ttft:8.1f} ms (prefilled {stats['prefilled']:,}, reused {stats['reused']:,})")
+    print(f"  turn {n} / turn 1: {last / first:.2f}x; turn {n} re-prefilled / with the cache: {fresh / last:.1f}x")
+
+
+def check_config(cfg):
+    checks = [("prompt_tokens", cfg.prompt_tokens >= 2, "must be at least 2"),
+              ("new_tokens", cfg.new_tokens >= 2, "must be at least 2 (decode speed needs a second token)"),
+              ("repeats", cfg.repeats >= 1, "must be at least 1"),
+              ("chat_turns", cfg.chat_turns >= 0, "must not be negative"),
+              ("turn_tokens", cfg.turn_tokens >= 1, "must be at least 1"),
+              ("reply_tokens", cfg.reply_tokens >= 1, "must be at least 1"),
+              ("threads", cfg.threads >= 0, "must not be negative")]
+    for name, ok, rule in checks:
+        if not ok:
+            raise UsageError(f"--{name}={getattr(cfg, name)} {rule}")
+    if cfg.prompt_tokens + cfg.new_tokens > GPT2_CONTEXT:
+        raise UsageError(f"--prompt_tokens + --new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than GPT-2's context of {GPT2_CONTEXT}")
+
+
+def main():
+    cfg = parse_options(BenchConfig, description=__doc__, positional=None)
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = random_model(model_config(cfg, GPT2_CONTEXT), cfg.seed, device, dtype)
+    c = model.config
+    print(describe_machine(device))
+    print(f"model: gpt2 preset, {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, context {c.block_size}, vocabulary {c.vocab_size:,}: "
+          f"{model.num_params() / 1e6:.2f}M parameters, random weights (seed {cfg.seed}), {str(dtype).removeprefix('torch.')} on {device}")
+    print(f"generation: batch 1, prompts of {cfg.prompt_tokens} random tokens, {cfg.new_tokens} greedy tokens, median of {cfg.repeats}", flush=True)
+    first, warmup, *prompts = random_prompts(cfg.repeats + 2, cfg.prompt_tokens, c.vocab_size, cfg.seed)  # first: compiles
+
+    engine = Engine(model)
+    ttft, rate, ours = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
+    print(f"ours, eager:        {figures_line(ttft, rate)}", flush=True)
+    del engine
+
+    if cfg.compile:
+        engine = Engine(model, compile=True)
+        started = time.perf_counter()
+        try:
+            time_ours(engine, first, 2)  # the first decode step compiles
+        except Exception as e:  # a missing C++ compiler, an unsupported backend: a figure we cannot give, not a crash
+            print(f"ours, compiled:     compile: failed ({type(e).__name__}: {first_line(e)})", flush=True)
+        else:
+            compile_s = time.perf_counter() - started
+            c_ttft, c_rate, compiled = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
+            same = "same greedy tokens as eager" if compiled == ours else "greedy tokens DIFFER from eager"
+            print(f"ours, compiled:     {figures_line(c_ttft, c_rate)} | {c_rate / rate:.2f}x eager decode | compile {compile_s:.1f} s | {same}",
+                  flush=True)
+        del engine
+
+    if cfg.transformers:
+        try:
+            import transformers
+        except ImportError:
+            print("transformers: not installed (pip install -e '.[hf]'), not compared")
+        else:
+            twin = transformers_twin(model)
+            t_ttft, t_rate, theirs = measure(lambda p, n: time_transformers(twin, p, n, device), warmup, prompts, cfg.new_tokens)
+            print(f"transformers:       {figures_line(t_ttft, t_rate)} "
+                  f"(transformers {transformers.__version__}, GPT2LMHeadModel, {twin.config._attn_implementation} attention, model.generate)")
+            diffs = [first_difference(a, b) for a, b in zip(ours, theirs)]
+            if all(d is None for d in diffs):
+                print(f"greedy tokens: identical to ours ({len(prompts)} prompt{'s' * (len(prompts) != 1)} x {cfg.new_tokens} tokens)")
+            else:
+                where = ", ".join(f"prompt {i + 1} from token {d + 1}" for i, d in enumerate(diffs) if d is not None)
+                print(f"greedy tokens: DIFFER from ours ({where}): near-ties between logits that the two implementations round differently")
+            print(f"speed ours / transformers: decode {rate / t_rate:.2f}x, time to first token {t_ttft / ttft:.2f}x (higher: ours faster)")
+            del twin
+    del model
+
+    if cfg.chat_turns:
+        measure_chat(cfg, device, dtype)
+    print(f"reproduce: {reproduce_command('bench/generate.py', cfg, always=('size', 'prompt_tokens', 'new_tokens', 'compile', 'repeats'))}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_cli(main)

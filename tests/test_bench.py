@@ -1,0 +1,120 @@
+"""The speed benchmarks: bench/generate.py and bench/train_throughput.py run on a CPU with tiny settings and print their
+figures; our greedy tokens equal transformers' on the same weights; Engine(compile=True) decodes what eager decodes."""
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from generate import Engine
+from helpers import run_script, tiny_model
+
+TINY_GPT2 = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--threads=1", "--repeats=1"]
+TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--steps=2", "--warmup_steps=1", "--threads=1"]
+
+
+def figure(stdout, line_start, pattern):
+    """The number `pattern` captures on the line that starts with `line_start`."""
+    line = next((line for line in stdout.splitlines() if line.strip().startswith(line_start)), None)
+    assert line is not None, f"no line starting with {line_start!r} in:\n{stdout}"
+    found = re.search(pattern, line)
+    assert found, f"{pattern!r} not in {line!r}"
+    return float(found.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("script, options", [
+    ("bench/generate.py", ["--prompt_tokens=", "--new_tokens=", "--compile=", "--size=", "--repeats=", "--dtype=", "--threads=", "--chat_turns="]),
+    ("bench/train_throughput.py", ["--preset=", "--size=", "--block_size=", "--batch_size=", "--max_batch=", "--compile=", "--data_dir=", "--n_layer="]),
+])
+def test_help_lists_the_options(script, options):
+    result = run_script(script, "--help")
+    assert result.returncode == 0, result.stderr
+    for name in options:
+        assert name in result.stdout
+
+
+def test_generate_bench_prints_speed_the_transformers_comparison_and_the_chat_reuse():
+    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=12", "--new_tokens=10",
+                        "--chat_turns=3", "--turn_tokens=20", "--chat_context=128")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("machine: ") and "torch " in out.splitlines()[0]
+    assert figure(out, "ours, eager:", r"decode\s+([\d.]+) tokens/s") > 0
+    assert figure(out, "ours, eager:", r"first token\s+([\d.]+) ms") > 0
+    if "transformers: not installed" not in out:
+        assert figure(out, "transformers:", r"decode\s+([\d.]+) tokens/s") > 0
+        assert "greedy tokens: identical to ours (1 prompt x 10 tokens)" in out
+        assert figure(out, "speed ours / transformers:", r"decode ([\d.]+)x") > 0
+    # the chat turns: the first prefills everything, the third reuses the cached history, a fresh session re-prefills it all
+    assert figure(out, "turn 1:", r"reused ([\d,]+)") == 0
+    reused = figure(out, "turn 3:", r"reused ([\d,]+)")
+    prefilled = figure(out, "turn 3:", r"prefilled ([\d,]+)")
+    assert reused > 2 * 20 and prefilled < 20 + 12
+    assert figure(out, "turn 3, history re-prefilled:", r"prefilled ([\d,]+)") == reused + prefilled
+    assert "reproduce: python bench/generate.py " in out and "--prompt_tokens=12 --new_tokens=10" in out and "--chat_turns=3" in out
+
+
+def test_generate_bench_reports_a_failed_compile_instead_of_crashing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # what inductor calls to build its CPU kernels
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing cached from an earlier compile
+    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=8", "--new_tokens=4", "--compile=true",
+                        "--transformers=false", "--chat_turns=0")
+    assert result.returncode == 0, result.stderr
+    assert "ours, compiled:     compile: failed (" in result.stdout
+    assert figure(result.stdout, "ours, eager:", r"decode\s+([\d.]+) tokens/s") > 0
+    assert "reproduce: " in result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--preset=modern", "DATA"]])
+def test_train_throughput_bench_prints_tokens_per_second_and_memory(extra, data_dir):
+    extra = [f"--data_dir={data_dir}" if e == "DATA" else e for e in extra]
+    result = run_script("bench/train_throughput.py", *TINY_TRAIN, *extra)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("machine: ")
+    assert f"model: {'modern' if extra else 'gpt2'} preset, 2 layers x 32 wide" in out
+    assert figure(out, "eager:", r"\| ([\d,]+) tokens/s") > 0
+    assert figure(out, "eager:", r"peak memory ([\d.]+) GiB") > 0
+    assert "batch 2 x 32" in out and "MFU n/a" in out  # no GPU: no peak FLOP/s to compare with
+    assert "compiled:" not in out  # --compile=auto measures eager only on a CPU
+    if extra:
+        assert f"random windows of {data_dir}" in out and "vocabulary 320" in out  # the bytes tokenizer's 264 ids, padded to 64
+    assert "reproduce: python bench/train_throughput.py " in out and "--steps=2" in out
+
+
+def test_our_greedy_tokens_equal_transformers_on_the_same_weights():
+    pytest.importorskip("transformers")
+    from bench.generate import time_ours, transformers_greedy, transformers_twin
+
+    model = tiny_model("gpt2", scale=0.5, vocab_size=50257, block_size=64, n_embd=32)
+    twin = transformers_twin(model)
+    engine = Engine(model)
+    for first in range(3):
+        prompt = [first, 17, 5, 40, 22, 9000, 31]
+        ours, ttft, rate = time_ours(engine, prompt, 20)
+        assert ours == transformers_greedy(twin, prompt, 20)
+        assert len(ours) == 20 and len(set(ours)) > 1 and ttft > 0 and rate > 0
+
+
+def test_transformers_twin_refuses_weights_it_does_not_take():
+    pytest.importorskip("transformers")
+    from bench.generate import transformers_twin
+
+    model = tiny_model("modern", vocab_size=64, block_size=16)  # RMSNorm, no biases: not GPT-2's layout
+    with pytest.raises(RuntimeError, match="did not take our weights"):
+        transformers_twin(model)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_decoding_equals_eager_in_one_graph_for_every_position():
+    model = tiny_model("gpt2", scale=0.5, vocab_size=48, block_size=32, n_embd=32)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):  # a new position must not compile a new graph
+            engine = Engine(model, compile=True)
+            runs = [([3, 17, 5, 40, 22], 60), ([1, 2], 10)]  # 60 tokens run past the context of 32, shifting it
+            for prompt, n in runs:
+                assert list(engine.generate(prompt, n, temperature=0)) == list(Engine(model).generate(prompt, n, temperature=0))
+    finally:
+        torch._dynamo.reset()
