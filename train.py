@@ -26,7 +26,7 @@ from data.loader import ConversationBatches, RandomWindows, conversation_batches
 from data.prepare import PrepareConfig, default_data_dir, prepare
 from data.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from data.tokenizer import KINDS, Tokenizer
-from distributed import Distributed, checkpoint_activations
+from distributed import Distributed, checkpoint_activations, launched_world_size
 from generate import TextStream, generate
 from model import GPT, PRESETS, GPTConfig
 from model_card import write_model_card
@@ -397,7 +397,9 @@ def train(cfg):
     check_config(cfg)
     dist, device = Distributed.setup(cfg, pick_device(cfg.device))
     try:
-        return run_training(cfg, dist, device)
+        model = run_training(cfg, dist, device)
+        dist.barrier()  # leave together: a rank tearing down gloo while another still talks to it can make that one abort
+        return model
     finally:
         dist.close()
 
@@ -657,7 +659,18 @@ def main():
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"stopped by {stopped.signal_name} at step {stopped.step}; the checkpoint is in {cfg.out_dir}/. "
                   f"Run the same command again to resume.", file=sys.stderr)
-        sys.exit(128 + signal.Signals[stopped.signal_name].value)
+        leave(128 + signal.Signals[stopped.signal_name].value)
+    leave(0)
+
+
+def leave(code):
+    """Exit with `code`. A torchrun worker skips the interpreter's teardown, where gloo's threads, still joinable after
+    destroy_process_group, occasionally abort the process ("terminate called without an active exception")."""
+    if launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
