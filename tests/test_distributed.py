@@ -119,3 +119,13 @@ def test_a_rank_that_fails_mid_run_ends_the_job_instead_of_hanging_it(tmp_path, 
     code, _, stderr = finish(torchrun(tiny_args(data_dir, out)), timeout=120)
     assert code != 0 and time.time() - started < 100
     assert "IsADirectoryError" in stderr or "Is a directory" in stderr
+
+
+def test_ddp_overhead_bench_compares_the_two_runs(tmp_path, data_dir):
+    args = [a for a in tiny_args(data_dir, tmp_path / "unused") if not a.startswith(("--out_dir", "--max_iters", "--eval_interval", "--log_interval", "--sample_tokens"))]
+    result = run_script("bench/ddp_overhead.py", "--steps=30", f"--work_dir={tmp_path / 'bench'}", *args)
+    assert result.returncode == 0, result.stderr
+    assert "plain:" in result.stdout and "ddp, 1 process:" in result.stdout and "reproduce: python bench/ddp_overhead.py" in result.stdout
+    overhead = float(result.stdout.split("ddp overhead: ")[1].split("%")[0])
+    assert -100 < overhead < 100
+    assert (tmp_path / "bench" / "ddp" / "last.pt").is_file()
