@@ -2,7 +2,7 @@
 import errno
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 
@@ -69,3 +69,18 @@ def pick_device(name="auto"):
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def autocast_for(dtype, device):
+    """(whether bf16 is on, the context to run the model in) for a --dtype option: auto is bf16 autocast on CUDA only."""
+    import torch
+
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.startswith("cuda"))
+    return use_bf16, torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def check_rules(values, rules):
+    """Raise a UsageError naming the first option that breaks its rule: rules are (name, ok, "must ...") triples."""
+    for name, ok, rule in rules:
+        if not ok:
+            raise UsageError(f"--{name}={getattr(values, name)} {rule}")

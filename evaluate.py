@@ -8,7 +8,6 @@ import json
 import math
 import shlex
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import build_model, load_any_checkpoint
-from common import UsageError, pick_device, run_cli
+from common import UsageError, autocast_for, pick_device, run_cli
 from data.loader import sequential_windows
 from data.shards import TOKENIZER_FILE, load_split, read_meta
 from data.tokenizer import Tokenizer
@@ -138,8 +137,7 @@ def evaluate_checkpoint(cfg):
     if n_tokens == 0:
         raise UsageError(f"{data} holds no tokens to score")
 
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    use_bf16, autocast = autocast_for(cfg.dtype, device)
     lengths = tokenizer.token_byte_lengths()
     counts = {"tokens": 0, "bytes": 0}
     progress = tqdm(counted(batches, np.asarray(lengths), counts), total=n_batches, unit="batch", desc="scoring", disable=None)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from common import UsageError
+from common import check_rules
 from model import KVCache
 from options import option
 
@@ -37,9 +37,7 @@ def check_sampling(opts):
               ("repetition_penalty", opts.repetition_penalty > 0, "must be positive (1: off)"),
               ("repetition_window", opts.repetition_window >= 0, "must not be negative"),
               ("max_new_tokens", opts.max_new_tokens >= 0, "must not be negative")]
-    for name, ok, rule in checks:
-        if not ok:
-            raise UsageError(f"--{name}={getattr(opts, name)} {rule}")
+    check_rules(opts, checks)
 
 
 def sampling_options(cfg):

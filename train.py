@@ -10,7 +10,6 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,7 +19,7 @@ import torch
 
 from chat_session import reply_accuracy
 from checkpoint import BEST, LAST, load_any_checkpoint, load_checkpoint, save_checkpoint, save_rotating
-from common import UsageError, pick_device, run_cli
+from common import UsageError, autocast_for, pick_device, run_cli
 from data.chat import conversation_rows, dataset_conversations, read_conversations
 from data.loader import ConversationBatches, RandomWindows, conversation_batches, sequential_windows
 from data.prepare import PrepareConfig, default_data_dir, prepare
@@ -408,8 +407,7 @@ def run_training(cfg, dist, device):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    use_bf16, autocast = autocast_for(cfg.dtype, device)
 
     init = load_any_checkpoint(cfg.init_from) if cfg.init_from else None
     fine_tuning = bool(cfg.chat_data or cfg.chat_dataset)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import torch
 
 from chat_session import ChatSession
-from common import UsageError, first_line, pick_device, run_cli
+from common import UsageError, check_rules, first_line, pick_device, run_cli
 from data.tokenizer import byte_tokenizer
 from generate import Engine, SamplingOptions, Timer
 from hf import MASK_BUFFER, hf_config, to_hf_state
@@ -249,9 +249,7 @@ def check_config(cfg):
               ("turn_tokens", cfg.turn_tokens >= 1, "must be at least 1"),
               ("reply_tokens", cfg.reply_tokens >= 1, "must be at least 1"),
               ("threads", cfg.threads >= 0, "must not be negative")]
-    for name, ok, rule in checks:
-        if not ok:
-            raise UsageError(f"--{name}={getattr(cfg, name)} {rule}")
+    check_rules(cfg, checks)
     if cfg.prompt_tokens + cfg.new_tokens > GPT2_CONTEXT:
         raise UsageError(f"--prompt_tokens + --new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than GPT-2's context of {GPT2_CONTEXT}")
 

@@ -14,7 +14,6 @@ import gc
 import resource
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from bench.generate import describe_machine, reproduce_command, sync
-from common import UsageError, first_line, pick_device, run_cli
+from common import UsageError, autocast_for, first_line, pick_device, run_cli
 from data.loader import RandomWindows
 from data.shards import load_split, read_meta
 from model import GPT, GPT2_SIZES, PRESETS
@@ -148,8 +147,7 @@ def main():
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.startswith("cuda"))
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    use_bf16, autocast = autocast_for(cfg.dtype, device)
     vocab_size = read_meta(cfg.data_dir)["vocab_size"] if cfg.data_dir else cfg.vocab_size
     config = model_config(train_config(cfg, 1), vocab_size)
     arrays = token_arrays(cfg, vocab_size)
