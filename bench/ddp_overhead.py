@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
-from bench.generate import describe_machine
+from bench.machine import describe_machine
 from common import UsageError, pick_device, run_cli
 from options import option, parse_options
 

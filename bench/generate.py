@@ -11,19 +11,18 @@ A gpt2-preset model (GPT-2 small by default) with random weights, seeded: speed 
   already holds, against the last turn's with the whole history prefilled afresh.
 Each figure is the median of --repeats runs (distinct random prompts) after a warm-up run.
 """
-import os
-import platform
 import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
 import torch
 
+from bench.machine import describe_machine, reproduce_command, sync
 from chat_session import ChatSession
 from common import UsageError, check_rules, first_line, pick_device, run_cli
 from data.tokenizer import byte_tokenizer
@@ -58,46 +57,10 @@ class BenchConfig:
     seed: int = option(1337, "seed of the random weights and prompts")
 
 
-# --- shared with bench/train_throughput.py ----------------------------------------------------------------------
-
-def describe_machine(device):
-    """One line: CPU model and cores, torch version and threads, the GPU."""
-    cpu = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
-    if device.startswith("cuda"):
-        gpu = f"GPU {torch.cuda.get_device_name(device)}"
-    elif device == "mps":
-        gpu = "Apple GPU (mps)"
-    else:
-        gpu = f"GPU {torch.cuda.get_device_name(0)} unused" if torch.cuda.is_available() else "no GPU"
-    threads = torch.get_num_threads()
-    return f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {threads} thread{'s' * (threads != 1)}, {gpu}"
-
-
-def reproduce_command(script, cfg, always=()):
-    """The command that reruns this measurement: the options named in `always`, then any other that is not its default."""
-    parts = [f"python {script}"]
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in always or value != f.default:
-            parts.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
-    return " ".join(parts)
-
-
 def resolve_dtype(name, device):
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return DTYPES[name]
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 # --- the measurements -------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch
 
-from bench.generate import describe_machine
+from bench.machine import describe_machine
 from common import UsageError, run_cli
 from data.prepare import PrepareConfig, prepare
 from evaluate import EvalConfig, evaluate_checkpoint

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import numpy as np
 import torch
 
-from bench.generate import describe_machine, reproduce_command, sync
+from bench.machine import describe_machine, reproduce_command, sync
 from common import UsageError, autocast_for, first_line, pick_device, run_cli
 from data.loader import RandomWindows
 from data.shards import load_split, read_meta

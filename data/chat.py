@@ -44,12 +44,6 @@ def render_conversation(tokenizer, messages):
     return render_turns(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in messages])
 
 
-def render_prompt(tokenizer, messages):
-    """prompt_for_reply of {"role", "content"} messages."""
-    check_messages(messages)
-    return prompt_for_reply(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in messages])
-
-
 def check_messages(messages, where="conversation"):
     """Raise a UsageError saying what is wrong unless messages is a list of {role, content} with a system turn only first."""
     if not isinstance(messages, list) or not messages:

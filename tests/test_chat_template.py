@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common import UsageError
-from data.chat import (check_messages, conversation_rows, fit_to_context, read_conversations, render_conversation,
-                       render_prompt)
+from data.chat import (check_messages, conversation_rows, fit_to_context, prompt_for_reply, read_conversations,
+                       render_conversation)
 from data.loader import ConversationBatches, conversation_batches, padded_batch
 from helpers import SAMPLES
 
@@ -45,9 +45,9 @@ def test_a_conversation_renders_as_its_first_messages_followed_by_the_rest(bpe_t
         assert full[:len(prefix)] == prefix
 
 
-def test_render_prompt_asks_for_an_assistant_turn(bytes_tok):
+def test_the_reply_prompt_asks_for_an_assistant_turn(bytes_tok):
     messages = [{"role": "user", "content": SAMPLES["chinese"]}]
-    ids = render_prompt(bytes_tok, messages)
+    ids = prompt_for_reply(bytes_tok, [("user", bytes_tok.encode(SAMPLES["chinese"]))])
     assert names(bytes_tok, ids[-1:]) == ["<|assistant_start|>"]
     assert ids[:-1] == render_conversation(bytes_tok, messages)[0]
 

@@ -82,19 +82,25 @@ def test_keep_last_keeps_the_newest_checkpoints(tmp_path, data_dir):
     assert os.path.samefile(out / LAST, out / "ckpt_0000024.pt") or (out / LAST).read_bytes() == (out / "ckpt_0000024.pt").read_bytes()
 
 
-def test_non_finite_loss_is_skipped_and_counted(tmp_path, data_dir, monkeypatch):
+def scale_one_training_loss(monkeypatch, call, factor):
+    """Multiply the training loss of the call-th training forward by factor; returns the call counter (to reset it)."""
     real_forward = GPT.forward
     calls = {"n": 0}
 
-    def forward_with_one_nan(self, idx, targets=None, **kw):
+    def forward_with_one_scaled_loss(self, idx, targets=None, **kw):
         out = real_forward(self, idx, targets, **kw)
         if targets is not None and self.training:
             calls["n"] += 1
-            if calls["n"] == 5:
-                return out * float("nan")
+            if calls["n"] == call:
+                return out * factor
         return out
 
-    monkeypatch.setattr(GPT, "forward", forward_with_one_nan)
+    monkeypatch.setattr(GPT, "forward", forward_with_one_scaled_loss)
+    return calls
+
+
+def test_non_finite_loss_is_skipped_and_counted(tmp_path, data_dir, monkeypatch):
+    scale_one_training_loss(monkeypatch, 5, float("nan"))
     model = train(tiny_run(tmp_path / "out", data_dir, max_iters=10))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -130,18 +136,7 @@ def test_spike_guard_flags_only_outliers_after_its_warmup():
 
 
 def test_a_loss_spike_is_skipped_only_when_the_policy_is_on(tmp_path, data_dir, monkeypatch):
-    real_forward = GPT.forward
-    calls = {"n": 0}
-
-    def forward_with_one_spike(self, idx, targets=None, **kw):
-        out = real_forward(self, idx, targets, **kw)
-        if targets is not None and self.training:
-            calls["n"] += 1
-            if calls["n"] == 30:
-                return out * 10
-        return out
-
-    monkeypatch.setattr(GPT, "forward", forward_with_one_spike)
+    calls = scale_one_training_loss(monkeypatch, 30, 10)
     train(tiny_run(tmp_path / "off", data_dir, max_iters=32, eval_interval=32))
     assert load_checkpoint(tmp_path / "off" / LAST)["skipped_steps"] == 0
     calls["n"] = 0

@@ -1,0 +1,41 @@
+"""What every bench script prints besides its figures: the machine it ran on and the command that reproduces it."""
+import os
+import platform
+from dataclasses import fields
+
+import torch
+
+
+def describe_machine(device):
+    """One line: CPU model and cores, torch version and threads, the GPU."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
+    if device.startswith("cuda"):
+        gpu = f"GPU {torch.cuda.get_device_name(device)}"
+    elif device == "mps":
+        gpu = "Apple GPU (mps)"
+    else:
+        gpu = f"GPU {torch.cuda.get_device_name(0)} unused" if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
+    return f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {threads} thread{'s' * (threads != 1)}, {gpu}"
+
+
+def reproduce_command(script, cfg, always=()):
+    """The command that reruns this measurement: the options named in `always`, then any other that is not its default."""
+    parts = [f"python {script}"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in always or value != f.default:
+            parts.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(parts)
+
+
+def sync(device):
+    """Wait for the GPU, so a timer measures the work and not its queuing."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
