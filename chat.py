@@ -24,6 +24,7 @@ from common import UsageError, atomic_write, pick_device, run_cli
 from data.chat import read_conversations
 from generate import SamplingOptions, check_sampling, sampling_options
 from options import format_value, option, parse_options, set_option
+from precision import DTYPES, HELP as DTYPE_HELP, for_generation
 
 HELP = """commands:
   /help               this list
@@ -48,6 +49,7 @@ class ChatConfig(SamplingOptions):
     system: str = option("", "the system prompt")
     verbose: bool = option(False, "print the prefill and speed figures of every reply")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", DTYPE_HELP, DTYPES)
     temperature: float = option(0.3, "0 picks the most likely token; higher is more random")
 
 
@@ -325,12 +327,16 @@ def main():
     cfg = parse_options(ChatConfig, description=__doc__, positional=None)
     check_sampling(cfg)
     ckpt = load_any_checkpoint(default_checkpoint(cfg.ckpt))
-    model, tokenizer = build_model(ckpt, pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model, tokenizer = build_model(ckpt, device)
+    n_params = model.num_params()
+    precision = for_generation(model, cfg.dtype, device)
     interactive = sys.stdin.isatty()
     term = Terminal(interactive)
     session = ChatSession(model, tokenizer, sampling_options(cfg), clean(cfg.system))
     if interactive:
-        term.note(f"chatting with {ckpt['path']} ({model.num_params() / 1e6:.1f}M parameters, context {model.config.block_size} tokens); "
+        term.note(f"chatting with {ckpt['path']} ({n_params / 1e6:.1f}M parameters, context {model.config.block_size} tokens, "
+                  f"{precision} precision); "
                   "/help for commands, Ctrl-D to quit")
     if not ckpt.get("chat_tuned"):
         term.note("note: this checkpoint was not fine-tuned for chat, so it sees the raw chat template and may ramble "

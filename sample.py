@@ -12,6 +12,7 @@ from checkpoint import build_model, load_any_checkpoint
 from common import UsageError, pick_device, run_cli
 from generate import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
 from options import option, parse_options
+from precision import DTYPES, HELP as DTYPE_HELP, for_generation
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SampleConfig(SamplingOptions):
     beam_size: int = option(0, "beam search with this many beams instead of sampling: deterministic, length-normalised (0: sample)")
     length_penalty: float = option(1.0, "beam search ranks by log-probability / length**length_penalty (0: raw log-probability)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", DTYPE_HELP, DTYPES)
 
 
 def read_prompt(cfg):
@@ -57,6 +59,7 @@ def main():
         raise UsageError("beam search is deterministic: use --num_samples=1 with --beam_size")
     device = pick_device(cfg.device)
     model, tokenizer = build_model(load_any_checkpoint(cfg.ckpt), device)
+    for_generation(model, cfg.dtype, device)
     prompt = read_prompt(cfg)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     for i in range(cfg.num_samples):

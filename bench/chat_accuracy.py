@@ -19,6 +19,7 @@ from checkpoint import build_model, load_checkpoint
 from common import pick_device, run_cli
 from data.synthetic_chat import KINDS, make_conversations
 from options import option, parse_options
+from precision import DTYPES, HELP as DTYPE_HELP, for_generation
 
 
 @dataclass
@@ -27,12 +28,15 @@ class BenchConfig:
     n: int = option(400, "held-out conversations to generate (before removing any seen in training)")
     seed: int = option(20261122, "seed of the held-out conversations (not the training seed)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", DTYPE_HELP, DTYPES)
 
 
 def main():
     cfg = parse_options(BenchConfig, description=__doc__, positional=None)
     ckpt = load_checkpoint(cfg.ckpt)
-    model, tokenizer = build_model(ckpt, pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    model, tokenizer = build_model(ckpt, device)
+    precision = for_generation(model, cfg.dtype, device)
     trained = ckpt.get("train_config", {})
     seen = set()
     if trained.get("chat_data") == "demo":
@@ -41,7 +45,7 @@ def main():
     started = time.time()
     counts, examples = reply_accuracy(model, tokenizer, conversations)
     right, total = counts["all"]
-    print(f"checkpoint: {ckpt['path']} (step {ckpt.get('step', '?')})")
+    print(f"checkpoint: {ckpt['path']} (step {ckpt.get('step', '?')}), {precision} precision")
     print(f"held-out conversations: {total} ({cfg.n - len(conversations)} of {cfg.n} dropped as seen in training)")
     for kind in KINDS:
         if kind in counts:
@@ -50,7 +54,7 @@ def main():
     print(f"accuracy: {100 * right / total:.1f}% ({right}/{total}) in {time.time() - started:.0f}s")
     for question, expected, got in examples[:3]:
         print(f"  user: {question!r}  expected: {expected!r}  got: {got!r}")
-    print(f"reproduce: python bench/chat_accuracy.py --ckpt={cfg.ckpt} --n={cfg.n} --seed={cfg.seed}")
+    print(f"reproduce: python bench/chat_accuracy.py --ckpt={cfg.ckpt} --n={cfg.n} --seed={cfg.seed} --dtype={cfg.dtype}")
 
 
 if __name__ == "__main__":

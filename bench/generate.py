@@ -1,16 +1,19 @@
 """Generation speed at batch 1: python bench/generate.py [--compile=true] [--size=gpt2] [--key=value ...]
 
 A gpt2-preset model (GPT-2 small by default) with random weights, seeded: speed does not depend on the weights.
-- Ours: greedy generation through generate.py's Engine, the routine sample.py and chat.py use. Time to first token
-  for a --prompt_tokens prompt (prefill and the first token), and decode tokens/s over --new_tokens tokens; eager,
-  and with --compile=true also with the one-token decode step compiled (Engine(compile=True)).
-- transformers, when installed: GPT2LMHeadModel with the same weights through model.generate, the same figures,
-  whether it picks the same greedy tokens, and the speed ratio ours / transformers.
-- Chat: a ChatSession with a --chat_context context fed --chat_turns user turns of --turn_tokens tokens (bytes
-  tokenizer), short greedy replies: time to first token at the first and the last turn, whose history the KV cache
-  already holds, against the last turn's with the whole history prefilled afresh.
+- Ours: greedy generation through generate.py's Engine, the routine sample.py and chat.py use, in each precision of
+  --dtypes (precision.py; auto is what sample.py and chat.py pick on this machine). Time to first token for a
+  --prompt_tokens prompt (prefill and the first token), and decode tokens/s over --new_tokens tokens; eager, and with
+  --compile=true also with the one-token decode step compiled (Engine(compile=True)).
+- transformers, when installed: GPT2LMHeadModel with the same weights through model.generate, in each of --hf_dtypes,
+  the same figures; whether it picks the same greedy tokens as ours at the same precision; the speed ratios ours /
+  transformers at the same precision, and of each side's fastest.
+- Chat: a ChatSession in --chat_dtype with a --chat_context context fed --chat_turns user turns of --turn_tokens
+  tokens (bytes tokenizer), short greedy replies: time to first token at the first and the last turn, whose history
+  the KV cache already holds, against the last turn's with the whole history prefilled afresh.
 Each figure is the median of --repeats runs (distinct random prompts) after a warm-up run.
 """
+import copy
 import random
 import statistics
 import sys
@@ -30,9 +33,10 @@ from generate import Engine, SamplingOptions, Timer
 from hf import MASK_BUFFER, hf_config, to_hf_state
 from model import GPT, GPT2_SIZES, GPTConfig
 from options import option, parse_options
+from precision import DTYPES, for_generation, resolve_dtype
 
 GPT2_CONTEXT = 1024
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HF_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -52,15 +56,11 @@ class BenchConfig:
     chat_context: int = option(2048, "context length of the chat measurement's model")
     repeats: int = option(3, "runs of each measurement; the median is reported")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere", ("auto", *DTYPES))
+    dtypes: list[str] = option(["float32", "auto"], f"our precisions ({', '.join(DTYPES)}; auto: what sample.py and chat.py use here)")
+    hf_dtypes: list[str] = option(["float32", "bfloat16"], f"transformers' precisions ({', '.join(HF_DTYPES)}; none: none)")
+    chat_dtype: str = option("auto", "our precision in the chat measurement", DTYPES)
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed of the random weights and prompts")
-
-
-def resolve_dtype(name, device):
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return DTYPES[name]
 
 
 # --- the measurements -------------------------------------------------------------------------------------------
@@ -74,9 +74,10 @@ def model_config(cfg, block_size):
         raise UsageError(str(e)) from None
 
 
-def random_model(config, seed, device, dtype):
+def random_model(config, seed, device):
+    """A float32 model with seeded random weights (for_generation then sets the precision)."""
     torch.manual_seed(seed)
-    return GPT(config).to(device=device, dtype=dtype).eval()
+    return GPT(config).to(device).eval()
 
 
 def time_ours(engine, prompt, new_tokens):
@@ -186,17 +187,18 @@ def chat_conversation(model, tokenizer, cfg, rng):
     return turns[0], turns[-1], dict(fresh.stats)
 
 
-def measure_chat(cfg, device, dtype):
+def measure_chat(cfg, device, name):
     tokenizer = byte_tokenizer()
     config = model_config(cfg, cfg.chat_context)
     config.vocab_size = max(config.vocab_size, tokenizer.n_vocab)
-    model = random_model(config, cfg.seed, device, dtype)
+    model = random_model(config, cfg.seed, device)
+    used = for_generation(model, name, device)
     rng = random.Random(cfg.seed)
     "".join(ChatSession(model, tokenizer, SamplingOptions(temperature=0.0, max_new_tokens=2)).respond("warm-up"))
     runs = [chat_conversation(model, tokenizer, cfg, rng) for _ in range(cfg.repeats)]
     first, last, fresh = (statistics.median(run[i]["ttft_s"] for run in runs) for i in range(3))
     counts = runs[-1]
-    print(f"chat: ChatSession, context {cfg.chat_context}, {cfg.chat_turns} user turns of {cfg.turn_tokens} tokens, greedy replies of "
+    print(f"chat: ChatSession in {used}, context {cfg.chat_context}, {cfg.chat_turns} user turns of {cfg.turn_tokens} tokens, greedy replies of "
           f"{cfg.reply_tokens} tokens (bytes tokenizer), median of {cfg.repeats} conversations")
     n = cfg.chat_turns
     for label, ttft, stats in (("turn 1", first, counts[0]), (f"turn {n}", last, counts[1]), (f"turn {n}, history re-prefilled", fresh, counts[2])):
@@ -213,8 +215,82 @@ def check_config(cfg):
               ("reply_tokens", cfg.reply_tokens >= 1, "must be at least 1"),
               ("threads", cfg.threads >= 0, "must not be negative")]
     check_rules(cfg, checks)
+    for key, allowed in (("dtypes", DTYPES), ("hf_dtypes", HF_DTYPES)):
+        wrong = [d for d in getattr(cfg, key) if d not in allowed]
+        if wrong or not getattr(cfg, key):
+            raise UsageError(f"--{key}={','.join(getattr(cfg, key))}: expected a comma-separated list of {', '.join(allowed)}")
     if cfg.prompt_tokens + cfg.new_tokens > GPT2_CONTEXT:
         raise UsageError(f"--prompt_tokens + --new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than GPT-2's context of {GPT2_CONTEXT}")
+
+
+def measure_ours(model, name, cfg, prompts, device):
+    """Our figures in precision `name`, eager and (with --compile) compiled: {label: (ttft, rate, tokens)}."""
+    model = copy.deepcopy(model)
+    used = for_generation(model, name, device)
+    first, warmup, *prompts = prompts  # first: compiles
+    results, engine, label = {}, Engine(model), f"ours, {used}"
+    results[label] = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
+    print(f"{label + ':':<28} {figures_line(*results[label][:2])}", flush=True)
+    if cfg.compile:
+        engine, label = Engine(model, compile=True), f"ours, {used}, compiled"
+        started = time.perf_counter()
+        try:
+            time_ours(engine, first, 2)  # the first decode step compiles
+        except Exception as e:  # a missing C++ compiler, an unsupported backend: a figure we cannot give, not a crash
+            print(f"{label + ':':<28} compile: failed ({type(e).__name__}: {first_line(e)})", flush=True)
+        else:
+            compile_s = time.perf_counter() - started
+            results[label] = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
+            eager = results[f"ours, {used}"]
+            same = "same greedy tokens as eager" if results[label][2] == eager[2] else "greedy tokens DIFFER from eager"
+            print(f"{label + ':':<28} {figures_line(*results[label][:2])} | {results[label][1] / eager[1]:.2f}x eager decode | "
+                  f"compile {compile_s:.1f} s | {same}", flush=True)
+    return results
+
+
+def measure_transformers(model, name, cfg, prompts, device):
+    """transformers' figures in dtype `name` on our model's weights: {label: (ttft, rate, tokens)}."""
+    import transformers
+
+    twin = transformers_twin(model).to(getattr(torch, name))
+    label = f"transformers, {name}"
+    results = {label: measure(lambda p, n: time_transformers(twin, p, n, device), prompts[1], prompts[2:], cfg.new_tokens)}
+    print(f"{label + ':':<28} {figures_line(*results[label][:2])} (transformers {transformers.__version__}, GPT2LMHeadModel, "
+          f"{twin.config._attn_implementation} attention, model.generate)", flush=True)
+    return results
+
+
+def agreement(a, b):
+    """Whether two runs' greedy tokens are identical, or where they first differ."""
+    diffs = [first_difference(x, y) for x, y in zip(a, b)]
+    if all(d is None for d in diffs):
+        return f"identical ({len(diffs)} prompt{'s' * (len(diffs) != 1)} x {len(a[0])} tokens)"
+    return "DIFFER (" + ", ".join(f"prompt {i + 1} from token {d + 1}" for i, d in enumerate(diffs) if d is not None) + ")"
+
+
+def compare(results):
+    """Same-precision ratios ours / transformers, the fastest of each side, and how our precisions' tokens agree."""
+    ours = {k: v for k, v in results.items() if k.startswith("ours")}
+    theirs = {k: v for k, v in results.items() if k.startswith("transformers")}
+    reference = results.get("ours, float32")
+    for label, (ttft, rate, tokens) in ours.items():
+        if reference is not None and label != "ours, float32":
+            print(f"greedy tokens, {label} vs ours, float32: {agreement(tokens, reference[2])}")
+        twin = theirs.get(twin_label(label))
+        if twin is not None:
+            print(f"{label} vs {twin_label(label)}: decode {rate / twin[1]:.2f}x, time to first token {twin[0] / ttft:.2f}x "
+                  f"(higher: ours faster); greedy tokens {agreement(tokens, twin[2])}")
+    if ours and theirs:
+        best_ours = max(ours, key=lambda k: ours[k][1])
+        best_theirs = max(theirs, key=lambda k: theirs[k][1])
+        print(f"fastest decode: {best_ours} {ours[best_ours][1]:.1f} tokens/s vs {best_theirs} {theirs[best_theirs][1]:.1f}: "
+              f"{ours[best_ours][1] / theirs[best_theirs][1]:.2f}x; time to first token "
+              f"{theirs[best_theirs][0] / ours[best_ours][0]:.2f}x (higher: ours faster)")
+
+
+def twin_label(label):
+    """transformers' label at the precision of one of ours."""
+    return label.replace("ours", "transformers").removesuffix(", compiled")
 
 
 def main():
@@ -223,57 +299,30 @@ def main():
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model = random_model(model_config(cfg, GPT2_CONTEXT), cfg.seed, device, dtype)
+    model = random_model(model_config(cfg, GPT2_CONTEXT), cfg.seed, device)
     c = model.config
     print(describe_machine(device))
     print(f"model: gpt2 preset, {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, context {c.block_size}, vocabulary {c.vocab_size:,}: "
-          f"{model.num_params() / 1e6:.2f}M parameters, random weights (seed {cfg.seed}), {str(dtype).removeprefix('torch.')} on {device}")
+          f"{model.num_params() / 1e6:.2f}M parameters, random weights (seed {cfg.seed}) on {device}")
     print(f"generation: batch 1, prompts of {cfg.prompt_tokens} random tokens, {cfg.new_tokens} greedy tokens, median of {cfg.repeats}", flush=True)
-    first, warmup, *prompts = random_prompts(cfg.repeats + 2, cfg.prompt_tokens, c.vocab_size, cfg.seed)  # first: compiles
+    prompts = random_prompts(cfg.repeats + 2, cfg.prompt_tokens, c.vocab_size, cfg.seed)
 
-    engine = Engine(model)
-    ttft, rate, ours = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
-    print(f"ours, eager:        {figures_line(ttft, rate)}", flush=True)
-    del engine
-
-    if cfg.compile:
-        engine = Engine(model, compile=True)
-        started = time.perf_counter()
-        try:
-            time_ours(engine, first, 2)  # the first decode step compiles
-        except Exception as e:  # a missing C++ compiler, an unsupported backend: a figure we cannot give, not a crash
-            print(f"ours, compiled:     compile: failed ({type(e).__name__}: {first_line(e)})", flush=True)
-        else:
-            compile_s = time.perf_counter() - started
-            c_ttft, c_rate, compiled = measure(lambda p, n: time_ours(engine, p, n), warmup, prompts, cfg.new_tokens)
-            same = "same greedy tokens as eager" if compiled == ours else "greedy tokens DIFFER from eager"
-            print(f"ours, compiled:     {figures_line(c_ttft, c_rate)} | {c_rate / rate:.2f}x eager decode | compile {compile_s:.1f} s | {same}",
-                  flush=True)
-        del engine
-
+    results = {}
+    for name in dict.fromkeys(resolve_dtype(d, device) for d in cfg.dtypes):
+        results.update(measure_ours(model, name, cfg, prompts, device))
     if cfg.transformers:
         try:
-            import transformers
+            import transformers  # noqa: F401
         except ImportError:
             print("transformers: not installed (pip install -e '.[hf]'), not compared")
         else:
-            twin = transformers_twin(model)
-            t_ttft, t_rate, theirs = measure(lambda p, n: time_transformers(twin, p, n, device), warmup, prompts, cfg.new_tokens)
-            print(f"transformers:       {figures_line(t_ttft, t_rate)} "
-                  f"(transformers {transformers.__version__}, GPT2LMHeadModel, {twin.config._attn_implementation} attention, model.generate)")
-            diffs = [first_difference(a, b) for a, b in zip(ours, theirs)]
-            if all(d is None for d in diffs):
-                print(f"greedy tokens: identical to ours ({len(prompts)} prompt{'s' * (len(prompts) != 1)} x {cfg.new_tokens} tokens)")
-            else:
-                where = ", ".join(f"prompt {i + 1} from token {d + 1}" for i, d in enumerate(diffs) if d is not None)
-                print(f"greedy tokens: DIFFER from ours ({where}): near-ties between logits that the two implementations round differently")
-            print(f"speed ours / transformers: decode {rate / t_rate:.2f}x, time to first token {t_ttft / ttft:.2f}x (higher: ours faster)")
-            del twin
+            for name in dict.fromkeys(cfg.hf_dtypes):
+                results.update(measure_transformers(model, name, cfg, prompts, device))
+    compare(results)
     del model
 
     if cfg.chat_turns:
-        measure_chat(cfg, device, dtype)
+        measure_chat(cfg, device, cfg.chat_dtype)
     print(f"reproduce: {reproduce_command('bench/generate.py', cfg, always=('size', 'prompt_tokens', 'new_tokens', 'compile', 'repeats'))}")
 
 

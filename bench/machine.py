@@ -1,9 +1,11 @@
 """What every bench script prints besides its figures: the machine it ran on and the command that reproduces it."""
 import os
 import platform
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import torch
+
+from options import format_value
 
 
 def describe_machine(device):
@@ -30,8 +32,9 @@ def reproduce_command(script, cfg, always=()):
     parts = [f"python {script}"]
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name in always or value != f.default:
-            parts.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if f.name in always or value != default:
+            parts.append(f"--{f.name}={format_value(value)}")
     return " ".join(parts)
 
 

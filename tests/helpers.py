@@ -57,7 +57,8 @@ def tiny_model(preset="gpt2", pos_encoding=None, seed=0, scale=None, **sizes):
     return model.eval()
 
 
-def run_script(*args, cwd=REPO, timeout=120):
-    """Run one of the repo's scripts as a user would: `python SCRIPT ARGS` from the repo root."""
+def run_script(*args, cwd=REPO, timeout=120, input=None):
+    """Run one of the repo's scripts as a user would: `python SCRIPT ARGS` from the repo root (`input`: its stdin)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=timeout,
+                          input=input)

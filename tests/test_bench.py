@@ -9,6 +9,7 @@ import torch
 
 from generate import Engine
 from helpers import run_script, tiny_model
+from test_cli import assert_one_line_error
 
 TINY_GPT2 = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--threads=1", "--repeats=1"]
 TINY_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--steps=2", "--warmup_steps=1", "--threads=1"]
@@ -24,7 +25,8 @@ def figure(stdout, line_start, pattern):
 
 
 @pytest.mark.parametrize("script, options", [
-    ("bench/generate.py", ["--prompt_tokens=", "--new_tokens=", "--compile=", "--size=", "--repeats=", "--dtype=", "--threads=", "--chat_turns="]),
+    ("bench/generate.py", ["--prompt_tokens=", "--new_tokens=", "--compile=", "--size=", "--repeats=", "--dtypes=", "--hf_dtypes=", "--chat_dtype=",
+                           "--threads=", "--chat_turns="]),
     ("bench/train_throughput.py", ["--preset=", "--size=", "--block_size=", "--batch_size=", "--max_batch=", "--compile=", "--data_dir=", "--n_layer="]),
 ])
 def test_help_lists_the_options(script, options):
@@ -35,34 +37,46 @@ def test_help_lists_the_options(script, options):
 
 
 def test_generate_bench_prints_speed_the_transformers_comparison_and_the_chat_reuse():
-    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=12", "--new_tokens=10",
-                        "--chat_turns=3", "--turn_tokens=20", "--chat_context=128")
+    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=12", "--new_tokens=10", "--dtypes=float32,mixed",
+                        "--chat_turns=3", "--turn_tokens=20", "--chat_context=128", "--chat_dtype=mixed")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("machine: ") and "torch " in out.splitlines()[0]
-    assert figure(out, "ours, eager:", r"decode\s+([\d.]+) tokens/s") > 0
-    assert figure(out, "ours, eager:", r"first token\s+([\d.]+) ms") > 0
+    for label in ("ours, float32:", "ours, mixed:"):
+        assert figure(out, label, r"decode\s+([\d.]+) tokens/s") > 0
+        assert figure(out, label, r"first token\s+([\d.]+) ms") > 0
+    assert "greedy tokens, ours, mixed vs ours, float32: " in out
     if "transformers: not installed" not in out:
-        assert figure(out, "transformers:", r"decode\s+([\d.]+) tokens/s") > 0
-        assert "greedy tokens: identical to ours (1 prompt x 10 tokens)" in out
-        assert figure(out, "speed ours / transformers:", r"decode ([\d.]+)x") > 0
+        for label in ("transformers, float32:", "transformers, bfloat16:"):
+            assert figure(out, label, r"decode\s+([\d.]+) tokens/s") > 0
+        same = next(line for line in out.splitlines() if line.startswith("ours, float32 vs transformers, float32:"))
+        assert "greedy tokens identical (1 prompt x 10 tokens)" in same
+        assert figure(out, "ours, float32 vs transformers, float32:", r"decode ([\d.]+)x") > 0
+        assert figure(out, "fastest decode:", r": ([\d.]+)x") > 0
+        assert "ours, mixed vs transformers" not in out  # transformers has no mixed precision to compare with
     # the chat turns: the first prefills everything, the third reuses the cached history, a fresh session re-prefills it all
+    assert "chat: ChatSession in mixed" in out
     assert figure(out, "turn 1:", r"reused ([\d,]+)") == 0
     reused = figure(out, "turn 3:", r"reused ([\d,]+)")
     prefilled = figure(out, "turn 3:", r"prefilled ([\d,]+)")
     assert reused > 2 * 20 and prefilled < 20 + 12
     assert figure(out, "turn 3, history re-prefilled:", r"prefilled ([\d,]+)") == reused + prefilled
     assert "reproduce: python bench/generate.py " in out and "--prompt_tokens=12 --new_tokens=10" in out and "--chat_turns=3" in out
+    assert "--dtypes=float32,mixed" in out
+
+
+def test_generate_bench_refuses_an_unknown_precision():
+    assert_one_line_error(run_script("bench/generate.py", "--hf_dtypes=mixed"), "--hf_dtypes=mixed", "float16")
 
 
 def test_generate_bench_reports_a_failed_compile_instead_of_crashing(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # what inductor calls to build its CPU kernels
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing cached from an earlier compile
-    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=8", "--new_tokens=4", "--compile=true",
+    result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=8", "--new_tokens=4", "--compile=true", "--dtypes=float32",
                         "--transformers=false", "--chat_turns=0")
     assert result.returncode == 0, result.stderr
-    assert "ours, compiled:     compile: failed (" in result.stdout
-    assert figure(result.stdout, "ours, eager:", r"decode\s+([\d.]+) tokens/s") > 0
+    assert "ours, float32, compiled:     compile: failed (" in result.stdout
+    assert figure(result.stdout, "ours, float32:", r"decode\s+([\d.]+) tokens/s") > 0
     assert "reproduce: " in result.stdout
 
 

@@ -1,0 +1,101 @@
+"""Generation precisions (precision.py): what "auto" picks, what "mixed" computes, and that the scripts take --dtype."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import precision
+from checkpoint import save_checkpoint
+from generate import Engine, beam_search
+from helpers import run_script, tiny_model
+from precision import HalfWeightLinear, for_generation, resolve_dtype
+from test_cli import assert_one_line_error
+
+
+@pytest.mark.parametrize("device, has_bf16, expected", [
+    ("cuda", False, "bfloat16"), ("cuda:1", True, "bfloat16"),
+    ("cpu", True, "mixed"), ("cpu", False, "float32"),
+    ("mps", True, "float32"),
+])
+def test_auto_picks_by_device_and_cpu(monkeypatch, device, has_bf16, expected):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    assert resolve_dtype("auto", device) == expected
+    assert resolve_dtype("float16", device) == "float16"  # a named precision is taken as it is
+
+
+def test_half_weight_linear_multiplies_one_row_in_float16_and_many_in_bfloat16():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    half = HalfWeightLinear(linear)
+    one, many = torch.randn(1, 1, 64), torch.randn(2, 5, 64)
+    expected_one = F.linear(one.half(), linear.weight.half(), linear.bias.half()).float()
+    expected_many = F.linear(many.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16()).float()
+    assert half(one).dtype == torch.float32 and torch.equal(half(one), expected_one)
+    assert torch.equal(half(many), expected_many)
+    assert torch.allclose(half(one), linear(one), atol=5e-3) and torch.allclose(half(many), linear(many), atol=5e-2)
+    no_bias = HalfWeightLinear(nn.Linear(64, 8, bias=False))
+    assert no_bias.bias_f16 is None and no_bias(one).shape == (1, 1, 8)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_mixed_keeps_activations_and_cache_in_float32_and_stays_close(preset):
+    model = tiny_model(preset, scale=0.1 if preset == "modern" else None, vocab_size=64, block_size=32, n_embd=32)
+    reference = tiny_model(preset, scale=0.1 if preset == "modern" else None, vocab_size=64, block_size=32, n_embd=32)
+    assert for_generation(model, "mixed", "cpu") == "mixed"
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())  # the output layer too, tied or not
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # embeddings and norms
+    prompt = [3, 17, 5, 40, 22, 9, 31]
+    engine, ref_engine = Engine(model), Engine(reference)
+    logits, ref_logits = engine.prefill(prompt), ref_engine.prefill(prompt)
+    assert engine.cache.k.dtype == torch.float32 and logits.dtype == torch.float32
+    assert torch.allclose(logits, ref_logits, atol=0.05)
+    for token in (7, 11, 13):  # one-row steps take the float16 weights
+        assert torch.allclose(engine.decode_step(token), ref_engine.decode_step(token), atol=0.05)
+    tokens = beam_search(model, prompt, beam_size=3, max_new_tokens=6)  # several rows: the bfloat16 weights
+    assert len(tokens) == 6 and all(0 <= t < 64 for t in tokens)
+
+
+@pytest.mark.parametrize("name, dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)])
+def test_whole_model_precisions_cast_weights_and_cache(name, dtype):
+    model = tiny_model("gpt2", vocab_size=64, block_size=32)
+    assert for_generation(model, name, "cpu") == name
+    assert all(p.dtype == dtype for p in model.parameters())
+    engine = Engine(model)
+    assert engine.cache.k.dtype == dtype
+    assert len(list(engine.generate([1, 2, 3], 5, temperature=0))) == 5
+
+
+@pytest.fixture
+def checkpoint(tmp_path, bytes_tok):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, tiny_model("gpt2", vocab_size=bytes_tok.n_vocab, block_size=64, n_embd=32), bytes_tok)
+    return path
+
+
+def test_sample_and_chat_take_dtype(checkpoint):
+    for dtype in ("float32", "mixed", "bfloat16"):
+        result = run_script("sample.py", f"--ckpt={checkpoint}", "--prompt=ab", "--max_new_tokens=12", "--device=cpu", f"--dtype={dtype}",
+                            "--temperature=0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ab") and len(result.stdout) > 3
+    chat = run_script("chat.py", f"--ckpt={checkpoint}", "--dtype=mixed", "--max_new_tokens=5", input="hello\n")
+    assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
+    assert len(chat.stdout.strip().splitlines()) == 1  # one reply to the one message
+    assert_one_line_error(run_script("sample.py", f"--ckpt={checkpoint}", "--dtype=int4"), "--dtype", "mixed")
+
+
+def test_precision_bench_reports_speed_and_quality(checkpoint, tmp_path, corpus_text):
+    text = tmp_path / "text.txt"
+    text.write_text(corpus_text[:3000], encoding="utf-8")
+    result = run_script("bench/precision.py", f"--ckpt={checkpoint}", f"--data={text}", "--windows=2", "--window=16", "--rows=4",
+                        "--repeats=1", "--threads=1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("machine: ") and "against float32, 1 row: float32 T " in out and "against float32, 4 rows: " in out
+    lines = [line for line in out.splitlines() if " path:" in line]
+    assert [line.split()[0] + " " + line.split()[1] for line in lines] == [
+        f"{d} {p}" for d in ("float32", "bfloat16", "float16", "mixed") for p in ("prompt", "decode")]
+    assert "top token as float32 100.00% | largest logit difference 0.0000" in lines[0]  # the reference against itself
+    assert "reproduce: python bench/precision.py " in out and "--window=16" in out
+    assert_one_line_error(run_script("bench/precision.py", f"--ckpt={checkpoint}", f"--data={text}", "--dtypes=mixed"), "--dtypes", "float32")
+    assert_one_line_error(run_script("bench/precision.py", f"--ckpt={checkpoint}"), "--data is required")
