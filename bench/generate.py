@@ -57,7 +57,7 @@ class BenchConfig:
     repeats: int = option(3, "runs of each measurement; the median is reported")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtypes: list[str] = option(["float32", "auto"], f"our precisions ({', '.join(DTYPES)}; auto: what sample.py and chat.py use here)")
-    hf_dtypes: list[str] = option(["float32", "bfloat16"], f"transformers' precisions ({', '.join(HF_DTYPES)}; none: none)")
+    hf_dtypes: list[str] = option(["float32", "bfloat16"], f"transformers' precisions ({', '.join(HF_DTYPES)})")
     chat_dtype: str = option("auto", "our precision in the chat measurement", DTYPES)
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed of the random weights and prompts")
@@ -254,7 +254,8 @@ def measure_transformers(model, name, cfg, prompts, device):
 
     twin = transformers_twin(model).to(getattr(torch, name))
     label = f"transformers, {name}"
-    results = {label: measure(lambda p, n: time_transformers(twin, p, n, device), prompts[1], prompts[2:], cfg.new_tokens)}
+    _, warmup, *prompts = prompts  # the same prompts as ours (the first is for compiling)
+    results = {label: measure(lambda p, n: time_transformers(twin, p, n, device), warmup, prompts, cfg.new_tokens)}
     print(f"{label + ':':<28} {figures_line(*results[label][:2])} (transformers {transformers.__version__}, GPT2LMHeadModel, "
           f"{twin.config._attn_implementation} attention, model.generate)", flush=True)
     return results

@@ -55,6 +55,21 @@ def test_mixed_keeps_activations_and_cache_in_float32_and_stays_close(preset):
     assert len(tokens) == 6 and all(0 <= t < 64 for t in tokens)
 
 
+def test_float32_on_a_cpu_stores_linear_weights_transposed_with_the_same_values():
+    model, reference = tiny_model("gpt2", vocab_size=64, block_size=32), tiny_model("gpt2", vocab_size=64, block_size=32)
+    assert for_generation(model, "float32", "cpu") == "float32"
+    for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, ref), name
+        if p.dim() == 2 and "wpe" not in name:  # linear weights (the tied embedding is the output layer's)
+            assert p.stride() == (1, p.shape[0]), name
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    prompt = torch.tensor([[3, 17, 5, 40, 22]])
+    assert torch.allclose(model(prompt), reference(prompt), atol=1e-5)
+    other = tiny_model("gpt2", vocab_size=64, block_size=32)
+    for_generation(other, "float32", "mps")  # elsewhere the layout is left alone
+    assert all(p.is_contiguous() for p in other.parameters())
+
+
 @pytest.mark.parametrize("name, dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)])
 def test_whole_model_precisions_cast_weights_and_cache(name, dtype):
     model = tiny_model("gpt2", vocab_size=64, block_size=32)
