@@ -1,11 +1,11 @@
 """The precision a model generates in: the --dtype of sample.py, chat.py and the bench scripts.
 
 - float32: the weights as trained; exact. On a CPU the linear weights are stored transposed (same values), which
-  MKL's one-row product reads faster.
+  the one-row product reads faster.
 - bfloat16, float16: the whole model cast (weights, activations, KV cache).
 - mixed: 16-bit weights, everything else (norms, attention, KV cache, residual stream) in float32. For CPUs, where
   batch-1 generation is bound by reading the weights: one row of input (a decode step) multiplies float16 weights
-  (ATen's float16 matrix-vector kernel), several rows (a prompt, beams) bfloat16 weights (the CPU's bfloat16
+  (torch's float16 matrix-vector kernel), several rows (a prompt, beams) bfloat16 weights (the CPU's bfloat16
   dot-product instructions), the faster format for each; each linear layer keeps both copies, as much memory as its
   float32 weights. Measured by bench/precision.py on an AMD EPYC with AVX-512 BF16, for GPT-2 small's weights against
   float32: one row 4.3x faster in float16 (2.9x in bfloat16), 128 rows 4.9x faster in bfloat16 (3x slower in float16).
@@ -68,8 +68,8 @@ def half_weight_linears(module):
 
 def transposed_linears(module):
     """Store every linear weight transposed in memory, in place: the same values and shape, read faster by a one-row
-    product on a CPU (MKL's matrix-vector kernel; 1.28x for GPT-2 small in bench/precision.py). A tied output layer
-    shares this storage with the embedding, whose lookups do not mind."""
+    product on a CPU (torch's float32 matrix-vector kernel; 1.28x for GPT-2 small in bench/precision.py). A tied
+    output layer shares this storage with the embedding, whose lookups do not mind."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             m.weight.data = m.weight.data.t().contiguous().t()
