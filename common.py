@@ -81,6 +81,8 @@ def autocast_for(dtype, device):
 
 def check_rules(values, rules):
     """Raise a UsageError naming the first option that breaks its rule: rules are (name, ok, "must ...") triples."""
+    from options import format_value  # options imports this module
+
     for name, ok, rule in rules:
         if not ok:
-            raise UsageError(f"--{name}={getattr(values, name)} {rule}")
+            raise UsageError(f"--{name}={format_value(getattr(values, name))} {rule}")

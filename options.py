@@ -200,7 +200,8 @@ def check_choices(cfg):
 
 
 def _check_choice(key, value, choices, where=None):
-    if choices and value not in choices:
+    """A value must be one of the choices; a list option's every item must."""
+    if choices and any(v not in choices for v in (value if isinstance(value, list) else [value])):
         prefix = f"{where}: " if where else ""
         raise UsageError(f"{prefix}--{key}={format_value(value)}: expected one of {', '.join(map(str, choices))}")
     return value

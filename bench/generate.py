@@ -56,8 +56,8 @@ class BenchConfig:
     chat_context: int = option(2048, "context length of the chat measurement's model")
     repeats: int = option(3, "runs of each measurement; the median is reported")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtypes: list[str] = option(["float32", "auto"], f"our precisions ({', '.join(DTYPES)}; auto: what sample.py and chat.py use here)")
-    hf_dtypes: list[str] = option(["float32", "bfloat16"], f"transformers' precisions ({', '.join(HF_DTYPES)})")
+    dtypes: list[str] = option(["float32", "auto"], "our precisions (auto: what sample.py and chat.py use here)", DTYPES)
+    hf_dtypes: list[str] = option(["float32", "bfloat16"], "transformers' precisions", HF_DTYPES)
     chat_dtype: str = option("auto", "our precision in the chat measurement", DTYPES)
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed of the random weights and prompts")
@@ -213,12 +213,10 @@ def check_config(cfg):
               ("chat_turns", cfg.chat_turns >= 0, "must not be negative"),
               ("turn_tokens", cfg.turn_tokens >= 1, "must be at least 1"),
               ("reply_tokens", cfg.reply_tokens >= 1, "must be at least 1"),
-              ("threads", cfg.threads >= 0, "must not be negative")]
+              ("threads", cfg.threads >= 0, "must not be negative"),
+              ("dtypes", bool(cfg.dtypes), "must name at least one precision"),
+              ("hf_dtypes", bool(cfg.hf_dtypes), "must name at least one precision")]
     check_rules(cfg, checks)
-    for key, allowed in (("dtypes", DTYPES), ("hf_dtypes", HF_DTYPES)):
-        wrong = [d for d in getattr(cfg, key) if d not in allowed]
-        if wrong or not getattr(cfg, key):
-            raise UsageError(f"--{key}={','.join(getattr(cfg, key))}: expected a comma-separated list of {', '.join(allowed)}")
     if cfg.prompt_tokens + cfg.new_tokens > GPT2_CONTEXT:
         raise UsageError(f"--prompt_tokens + --new_tokens = {cfg.prompt_tokens + cfg.new_tokens} is more than GPT-2's context of {GPT2_CONTEXT}")
 

@@ -37,7 +37,8 @@ GPT2_SMALL_LINEARS = BLOCK_LINEARS * 12 + [(50257, 768)]  # and the output layer
 class BenchConfig:
     ckpt: str = option("out", "the checkpoint whose quality is measured (file or folder, Hugging Face folder or hub name)")
     data: str = option("", "a UTF-8 text file, or a folder prepared by data/prepare.py with the checkpoint's tokenizer")
-    dtypes: list[str] = option(["float32", "bfloat16", "float16", "mixed"], "the precisions to compare (float32 first: the reference)")
+    dtypes: list[str] = option(["float32", "bfloat16", "float16", "mixed"], "the precisions to compare (float32 first: the reference)",
+                               tuple(d for d in DTYPES if d != "auto"))
     windows: int = option(8, "windows of text scored")
     window: int = option(128, "tokens per window (at most the model's context)")
     rows: int = option(128, "rows of input of the prompt-sized matrix products")
@@ -132,8 +133,7 @@ def check_config(cfg):
     check_rules(cfg, [("windows", cfg.windows >= 1, "must be at least 1"), ("window", cfg.window >= 1, "must be at least 1"),
                       ("rows", cfg.rows >= 2, "must be at least 2"), ("repeats", cfg.repeats >= 1, "must be at least 1"),
                       ("threads", cfg.threads >= 0, "must not be negative")])
-    unknown = [d for d in cfg.dtypes if d not in DTYPES or d == "auto"]
-    if unknown or not cfg.dtypes or cfg.dtypes[0] != "float32":
+    if not cfg.dtypes or cfg.dtypes[0] != "float32":
         raise UsageError(f"--dtypes={','.join(cfg.dtypes)}: list precisions from float32, bfloat16, float16, mixed, starting with float32 "
                          "(the reference)")
     if not cfg.data:
