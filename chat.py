@@ -18,13 +18,17 @@ from pathlib import Path
 
 import torch
 
-from chat_session import ChatSession
-from checkpoint import build_model, load_any_checkpoint, resolve_checkpoint
-from common import UsageError, atomic_write, pick_device, run_cli
-from data.chat import read_conversations
-from generate import SamplingOptions, check_sampling, sampling_options
-from options import format_value, option, parse_options, set_option
-from precision import DTYPES, HELP as DTYPE_HELP, for_generation
+from gptkit.chat_session import ChatSession
+from gptkit.chat_template import read_conversations
+from gptkit.checkpoint import build_model, resolve_checkpoint
+from gptkit.devices import pick_device
+from gptkit.engine import SamplingOptions, check_sampling, sampling_options
+from gptkit.errors import UsageError, run_cli
+from gptkit.files import atomic_write
+from gptkit.loading import load_any_checkpoint
+from gptkit.options import format_value, option, parse_options, set_option
+from gptkit.precision import DTYPES, for_generation
+from gptkit.precision import HELP as DTYPE_HELP
 
 HELP = """commands:
   /help               this list
@@ -41,6 +45,8 @@ HELP = """commands:
 multi-line input: end a line with \\ to continue it, or type \"\"\" on a line, the message, then \"\"\" again"""
 COMMANDS = ("help", "exit", "quit", "reset", "system", "undo", "retry", "set", "show", "stats", "save", "load")
 
+
+# -- options and the terminal ---------------------------------------------------------------------------------------------
 
 @dataclass
 class ChatConfig(SamplingOptions):
@@ -75,6 +81,8 @@ def clean(text):
     """Drop control characters a paste can carry (keeping newlines and tabs)."""
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
 
+
+# -- the REPL: one line in, a reply or a command out ----------------------------------------------------------------------
 
 class Repl:
     def __init__(self, session, terminal, verbose):
@@ -220,6 +228,8 @@ class Repl:
         self.term.note(f"[loaded {len(self.session.messages)} messages from {arg}]")
 
 
+# -- reading input: a terminal or a pipe ----------------------------------------------------------------------------------
+
 def read_message(first_line, read_more):
     """A message from its first line, continued by a trailing backslash or wrapped in a \"\"\" block."""
     if first_line.strip() == '"""':
@@ -296,6 +306,8 @@ def json_message(line):
     return None
 
 
+# -- running it -----------------------------------------------------------------------------------------------------------
+
 def run(repl, source, interactive):
     """Read messages and commands until /exit or the end of input."""
     while (line := source.read(">>> ")) is not None:
@@ -345,6 +357,11 @@ def main():
     run(repl, TerminalInput() if interactive else PipedInput(term), interactive)
 
 
-if __name__ == "__main__":
+def cli():
+    """The gptkit-chat command, and `python chat.py`."""
     torch.set_grad_enabled(False)
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -3,7 +3,7 @@
 A GPT-2-layout model (--preset=gpt2) becomes a GPT2LMHeadModel that transformers' AutoModelForCausalLM loads:
 config.json and model.safetensors in its layout. Other layouts (rope, rmsnorm, relu2, qk_norm, no biases) have no class
 in transformers: they are written in gptkit's own layout (model_type "gptkit"), which sample.py, chat.py and
-train.py --init_from read back, as does GPT.from_pretrained. Both get gptkit_tokenizer.json and a README.md.
+train.py --init_from read back, as does gptkit.hf.from_pretrained. Both get gptkit_tokenizer.json and a README.md.
 """
 import json
 from dataclasses import dataclass
@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import BEST, LAST, build_model, load_any_checkpoint
-from common import UsageError, atomic_write, run_cli
-from hf import CONFIG_FILE, TOKENIZER_FILE, gptkit_config, hf_config, is_hf_gpt2_layout, to_hf_state
-from model import PRESETS
-from options import option, parse_options
+from gptkit.checkpoint import BEST, LAST, build_model
+from gptkit.errors import UsageError, run_cli
+from gptkit.files import atomic_write
+from gptkit.hf import CONFIG_FILE, EXPORTED_TOKENIZER_FILE, gptkit_config, hf_config, is_hf_gpt2_layout, to_hf_state
+from gptkit.loading import load_any_checkpoint
+from gptkit.model import PRESETS
+from gptkit.options import option, parse_options
 
 
 @dataclass
@@ -30,7 +32,7 @@ def layout_differences(config):
     return ", ".join(f"{k}={getattr(config, k)}" for k in ("pos_encoding", "norm", "mlp", "qk_norm", "bias") if getattr(config, k) != gpt2[k])
 
 
-def model_card(kind, model, tokenizer, source, out_dir):
+def export_readme(kind, model, tokenizer, source, out_dir):
     c = model.config
     lines = [f"# {Path(out_dir).name}", "",
              f"A GPT trained with gptkit, exported from `{source}`: {model.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers x "
@@ -38,13 +40,13 @@ def model_card(kind, model, tokenizer, source, out_dir):
     if kind == "gpt2":
         lines += ["Load it with transformers (as `GPT2LMHeadModel`):", "", "```python",
                   "from transformers import AutoModelForCausalLM", f"model = AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", "```", "",
-                  f"or with gptkit: `python sample.py --ckpt={out_dir}`, `python chat.py --ckpt={out_dir}`, `GPT.from_pretrained({str(out_dir)!r})`.", ""]
+                  f"or with gptkit: `python sample.py --ckpt={out_dir}`, `python chat.py --ckpt={out_dir}`, `gptkit.hf.from_pretrained({str(out_dir)!r})`.", ""]
     else:
         lines += [f"transformers has no class for this model's layout ({layout_differences(c)}), so `AutoModelForCausalLM` cannot load it. "
                   f"The weights are in gptkit's own layout (`model.safetensors` with gptkit's names; `config.json` holds its `GPTConfig`). "
                   f"Load it with gptkit: `python sample.py --ckpt={out_dir}`, `python chat.py --ckpt={out_dir}`, "
-                  f"`python train.py --init_from={out_dir}`, or `GPT.from_pretrained({str(out_dir)!r})`.", ""]
-    lines += [f"The tokenizer is `{TOKENIZER_FILE}`, gptkit's format (tiktoken merge ranks and special tokens; `Tokenizer.from_json`), "
+                  f"`python train.py --init_from={out_dir}`, or `gptkit.hf.from_pretrained({str(out_dir)!r})`.", ""]
+    lines += [f"The tokenizer is `{EXPORTED_TOKENIZER_FILE}`, gptkit's format (tiktoken merge ranks and special tokens; `Tokenizer.from_json`), "
               f"a {tokenizer.kind} tokenizer of {tokenizer.n_vocab} ids; `<|endoftext|>` is id {tokenizer.eot_id}. transformers does not read it."]
     if tokenizer.kind == "gpt2":
         lines += ["It is GPT-2's encoding, so transformers' GPT-2 tokenizer gives the same ids for ordinary text; ids from 50257 on are "
@@ -70,8 +72,8 @@ def export(ckpt_spec, out_dir):
                    if not (k == "lm_head.weight" and model.config.tie_embeddings)}  # safetensors stores a shared tensor once
     with atomic_write(out_dir / "model.safetensors") as f:
         f.write(save(tensors, metadata={"format": "pt"}))
-    for name, text in ((CONFIG_FILE, json.dumps(config, indent=2) + "\n"), (TOKENIZER_FILE, tokenizer.to_json()),
-                       ("README.md", model_card(kind, model, tokenizer, ckpt["path"], out_dir))):
+    for name, text in ((CONFIG_FILE, json.dumps(config, indent=2) + "\n"), (EXPORTED_TOKENIZER_FILE, tokenizer.to_json()),
+                       ("README.md", export_readme(kind, model, tokenizer, ckpt["path"], out_dir))):
         with atomic_write(out_dir / name, "w") as f:
             f.write(text)
     if kind == "gpt2":
@@ -79,7 +81,7 @@ def export(ckpt_spec, out_dir):
               f"transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r}) loads it")
     else:
         print(f"note: transformers has no class for this model's layout ({layout_differences(model.config)}); wrote {out_dir}/ in gptkit's "
-              f"own format, which loads back with --ckpt={out_dir}, --init_from={out_dir} or GPT.from_pretrained({str(out_dir)!r})")
+              f"own format, which loads back with --ckpt={out_dir}, --init_from={out_dir} or gptkit.hf.from_pretrained({str(out_dir)!r})")
     return kind
 
 
@@ -90,6 +92,11 @@ def main():
     export(cfg.ckpt, cfg.out_dir)
 
 
-if __name__ == "__main__":
+def cli():
+    """The gptkit-export command, and `python export.py`."""
     torch.set_grad_enabled(False)
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import build_model, load_any_checkpoint
-from common import UsageError, pick_device, run_cli
-from generate import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
-from options import option, parse_options
-from precision import DTYPES, HELP as DTYPE_HELP, for_generation
+from gptkit.checkpoint import build_model
+from gptkit.devices import pick_device
+from gptkit.engine import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
+from gptkit.errors import UsageError, run_cli
+from gptkit.loading import load_any_checkpoint
+from gptkit.options import option, parse_options
+from gptkit.precision import DTYPES, for_generation
+from gptkit.precision import HELP as DTYPE_HELP
 
 
 @dataclass
@@ -73,6 +76,11 @@ def main():
         print()
 
 
-if __name__ == "__main__":
+def cli():
+    """The gptkit-sample command, and `python sample.py`."""
     torch.set_grad_enabled(False)
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,21 +5,19 @@ training set (regenerated from the checkpoint's own config) are left out. Each f
 ChatSession, the same code chat.py runs, and must match the expected reply exactly.
 """
 import json
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
 import torch
 
-from chat_session import reply_accuracy
-from checkpoint import build_model, load_checkpoint
-from common import pick_device, run_cli
-from data.synthetic_chat import KINDS, make_conversations
-from options import option, parse_options
-from precision import DTYPES, HELP as DTYPE_HELP, for_generation
+from gptkit.chat_session import reply_accuracy
+from gptkit.checkpoint import build_model, load_checkpoint
+from gptkit.demo_chat import CONVERSATION_KINDS, make_conversations
+from gptkit.devices import pick_device
+from gptkit.errors import run_cli
+from gptkit.options import option, parse_options
+from gptkit.precision import DTYPES, for_generation
+from gptkit.precision import HELP as DTYPE_HELP
 
 
 @dataclass
@@ -47,7 +45,7 @@ def main():
     right, total = counts["all"]
     print(f"checkpoint: {ckpt['path']} (step {ckpt.get('step', '?')}), {precision} precision")
     print(f"held-out conversations: {total} ({cfg.n - len(conversations)} of {cfg.n} dropped as seen in training)")
-    for kind in KINDS:
+    for kind in CONVERSATION_KINDS:
         if kind in counts:
             r, t = counts[kind]
             print(f"  {kind:<11} {100 * r / t:5.1f}%  ({r}/{t})")

@@ -12,11 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
-
-from bench.machine import describe_machine
-from common import UsageError, pick_device, run_cli
-from options import option, parse_options
+from gptkit.devices import pick_device
+from gptkit.errors import UsageError, run_cli
+from gptkit.machine import describe_machine
+from gptkit.options import option, parse_options
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,24 +16,21 @@ Each figure is the median of --repeats runs (distinct random prompts) after a wa
 import copy
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
 import torch
 
-from bench.machine import describe_machine, reproduce_command, sync
-from chat_session import ChatSession
-from common import UsageError, check_rules, first_line, pick_device, run_cli
-from data.tokenizer import byte_tokenizer
-from generate import Engine, SamplingOptions, Timer
-from hf import MASK_BUFFER, hf_config, to_hf_state
-from model import GPT, GPT2_SIZES, GPTConfig
-from options import option, parse_options
-from precision import DTYPES, for_generation, resolve_dtype
+from gptkit.chat_session import ChatSession
+from gptkit.devices import pick_device
+from gptkit.engine import Engine, SamplingOptions, Timer
+from gptkit.errors import UsageError, first_line, run_cli
+from gptkit.hf import MASK_BUFFER, hf_config, to_hf_state
+from gptkit.machine import describe_machine, reproduce_command, sync
+from gptkit.model import GPT, GPT2_SIZES, GPTConfig
+from gptkit.options import check_rules, option, parse_options
+from gptkit.precision import DTYPES, for_generation, resolve_dtype
+from gptkit.tokenizer import byte_tokenizer
 
 GPT2_CONTEXT = 1024
 HF_DTYPES = ("float32", "bfloat16", "float16")

@@ -1,33 +1,31 @@
-"""What each generation precision (precision.py; --dtype of sample.py and chat.py) gains and costs:
+"""What each generation precision (gptkit/precision.py; --dtype of sample.py and chat.py) gains and costs:
 python bench/precision.py --data=FILE_OR_PREPARED_FOLDER [--ckpt=out] [--key=value ...]
 
 1. Speed: the matrix products of GPT-2 small's 12 blocks and output layer (weights read from memory, too large for the caches) for one
    row of input (a decode step at batch 1) and for --rows rows (a prompt), in float32 (also stored transposed, as
-   precision.py keeps float32 weights on a CPU), bfloat16 and float16: the measurements behind precision.py's choices
+   gptkit/precision.py keeps float32 weights on a CPU), bfloat16 and float16: the measurements behind its choices
    ("mixed": float16 weights for one row, bfloat16 for many).
 2. Quality on a checkpoint: --windows windows of --window tokens of the data, scored in each precision through the
    prompt path (each window in one forward pass) and the decode path (token by token through the KV cache, as
    generation runs): loss in nats per token and bits per byte, how often the most likely token is float32's, and the
    largest difference from float32's logits.
 """
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.machine import describe_machine, reproduce_command
-from checkpoint import build_model, load_any_checkpoint
-from common import UsageError, check_rules, run_cli
-from evaluate import folder_tokens, text_tokens
-from model import KVCache
-from options import option, parse_options
-from precision import DTYPES, for_generation
+from gptkit.checkpoint import build_model
+from gptkit.errors import UsageError, run_cli
+from gptkit.evaluation import folder_tokens, text_tokens
+from gptkit.loading import load_any_checkpoint
+from gptkit.machine import describe_machine, reproduce_command
+from gptkit.model import KVCache
+from gptkit.options import check_rules, option, parse_options
+from gptkit.precision import DTYPES, for_generation
 
 BLOCK_LINEARS = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)]  # (out, in) of each of GPT-2 small's blocks' layers
 GPT2_SMALL_LINEARS = BLOCK_LINEARS * 12 + [(50257, 768)]  # and the output layer
@@ -53,7 +51,7 @@ def matmul_speed(cfg):
     print(f"matrix products of GPT-2 small's 12 blocks and output layer ({sum(o * i for o, i in GPT2_SMALL_LINEARS) / 1e6:.1f}M weights), "
           f"median of {cfg.repeats} passes:")
     weights32 = [torch.randn(o, i) * 0.02 for o, i in GPT2_SMALL_LINEARS]
-    formats = {"float32": (torch.float32, False), "float32 T": (torch.float32, True),  # T: stored transposed (precision.py)
+    formats = {"float32": (torch.float32, False), "float32 T": (torch.float32, True),  # T: stored transposed (gptkit/precision.py)
                "bfloat16": (torch.bfloat16, False), "float16": (torch.float16, False)}
     times = {}
     for label, (dtype, transposed) in formats.items():

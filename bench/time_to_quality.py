@@ -13,16 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
-
 import torch
 
-from bench.machine import describe_machine
-from common import UsageError, run_cli
-from data.prepare import PrepareConfig, prepare
-from evaluate import EvalConfig, evaluate_checkpoint
-from options import option, parse_options
-from train import TrainConfig, train
+from gptkit.errors import UsageError, run_cli
+from gptkit.evaluation import EvalConfig, evaluate_checkpoint
+from gptkit.machine import describe_machine
+from gptkit.options import option, parse_options
+from gptkit.preparation import PrepareConfig, prepare
+from gptkit.train import train
+from gptkit.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

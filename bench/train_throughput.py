@@ -15,20 +15,22 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
 import numpy as np
 import torch
 
-from bench.machine import describe_machine, reproduce_command, sync
-from common import UsageError, autocast_for, first_line, pick_device, run_cli
-from data.loader import RandomWindows
-from data.shards import load_split, read_meta
-from model import GPT, GPT2_SIZES, PRESETS
-from options import option, parse_options
-from train import SpikeGuard, TrainConfig, make_optimizers, model_config, peak_flops, train_step
+from gptkit.devices import autocast_for, pick_device
+from gptkit.errors import UsageError, first_line, run_cli
+from gptkit.loader import RandomWindows
+from gptkit.machine import describe_machine, reproduce_command, sync
+from gptkit.metrics import peak_flops
+from gptkit.model import GPT, GPT2_SIZES, PRESETS
+from gptkit.objectives import NextToken
+from gptkit.optim import make_optimizers, train_step
+from gptkit.options import option, parse_options
+from gptkit.shards import load_split, read_meta
+from gptkit.spike_guard import SpikeGuard
+from gptkit.train_config import TrainConfig, model_config
 
 RANDOM_TOKENS = 1 << 20  # length of the random token stream the windows are cut from
 
@@ -93,17 +95,18 @@ def timed_run(cfg, config, arrays, batch_size, device, autocast, compiled):
     optimizers = make_optimizers(model, tcfg, device)
     train_model = torch.compile(model) if compiled else model
     batches = RandomWindows(arrays, batch_size, cfg.block_size, cfg.seed)
+    objective = NextToken(None, batches, None, "random token windows")  # train.py's pretraining loss
     spikes = SpikeGuard(0.0)  # off: every step updates
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for step in range(cfg.warmup_steps):
-        train_step(train_model, model, optimizers, batches, tcfg, step, device, autocast, spikes)
+        train_step(train_model, model, optimizers, objective, batches, tcfg, step, device, autocast, spikes)
     sync(device)
     warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     for step in range(cfg.warmup_steps, cfg.warmup_steps + cfg.steps):
-        loss, *_ = train_step(train_model, model, optimizers, batches, tcfg, step, device, autocast, spikes)
+        loss, *_ = train_step(train_model, model, optimizers, objective, batches, tcfg, step, device, autocast, spikes)
     sync(device)
     elapsed = time.perf_counter() - started
     return {"tokens_per_s": batch_size * cfg.block_size * cfg.steps / elapsed, "elapsed_s": elapsed, "warmup_s": warmup_s,

@@ -4,7 +4,7 @@
     python train.py config/chat_demo.py   # fine-tune, about 10 minutes; prints the chat accuracy at the end
     python chat.py --ckpt=out_chat        # chat with it
 
-The conversations come from data/synthetic_chat.py: recalling a name, colour, number or city stated turns earlier,
+The conversations come from gptkit/demo_chat.py: recalling a name, colour, number or city stated turns earlier,
 small sums, the next day or month, and repeating words. Config files are read as data; nothing is executed.
 """
 out_dir = "out_chat"

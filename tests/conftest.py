@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 settings.register_profile("gptkit", deadline=None, max_examples=60, derandomize=True)
 settings.load_profile("gptkit")
 
-from helpers import SAMPLES, SHAKESPEARE, make_corpus
+from helpers import SAMPLES, SHAKESPEARE, make_corpus  # noqa: E402 (after the environment above)
 
 
 def pytest_addoption(parser):
@@ -53,14 +53,14 @@ def corpus_file(tmp_path, corpus_text):
 
 @pytest.fixture(scope="session")
 def bytes_tok():
-    from data.tokenizer import byte_tokenizer
+    from gptkit.tokenizer import byte_tokenizer
 
     return byte_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def bpe_tok(corpus_text):
-    from data.tokenizer import train_bpe_tokenizer
+    from gptkit.tokenizer import train_bpe_tokenizer
 
     texts = [corpus_text, *SAMPLES.values()] * 2
     return train_bpe_tokenizer(iter(texts), 400)
@@ -76,7 +76,7 @@ def shakespeare_text():
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, corpus_text):
     """The synthetic corpus prepared once with the bytes tokenizer, 10% held out. Tests must not modify it."""
-    from data.prepare import PrepareConfig, prepare
+    from gptkit.preparation import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("prepared")
     (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")

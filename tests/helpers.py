@@ -32,7 +32,7 @@ def make_corpus(n_sentences=600, seed=0):
 
 
 def tiny_config(preset="gpt2", pos_encoding=None, vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, **extra):
-    from model import GPTConfig
+    from gptkit.model import GPTConfig
 
     config = GPTConfig.from_preset(preset, vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, **extra)
     if pos_encoding is not None:
@@ -43,7 +43,7 @@ def tiny_config(preset="gpt2", pos_encoding=None, vocab_size=64, block_size=16, 
 def tiny_model(preset="gpt2", pos_encoding=None, seed=0, scale=None, **sizes):
     """A tiny GPT in eval mode. The modern preset zero-initialises the residual projections, which would make
     attention contribute nothing; `scale` (or, for modern, a default) re-draws every weight so tokens interact."""
-    from model import GPT
+    from gptkit.model import GPT
 
     torch.manual_seed(seed)
     model = GPT(tiny_config(preset, pos_encoding, **sizes))
@@ -51,7 +51,7 @@ def tiny_model(preset="gpt2", pos_encoding=None, seed=0, scale=None, **sizes):
         scale = 0.2
     if scale:
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for p in model.parameters():
                 if p.dim() == 2:
                     p.normal_(0.0, scale)
     return model.eval()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from generate import Engine
+from gptkit.engine import Engine
 from helpers import run_script, tiny_model
 from test_cli import assert_one_line_error
 

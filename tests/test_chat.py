@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from chat_session import ChatSession, reply_accuracy
-from checkpoint import save_checkpoint
-from common import UsageError
-from generate import SamplingOptions
+from gptkit.chat_session import ChatSession, reply_accuracy
+from gptkit.checkpoint import save_checkpoint
+from gptkit.engine import SamplingOptions
+from gptkit.errors import UsageError
 from helpers import REPO, tiny_model
 
 MAX_NEW = 12

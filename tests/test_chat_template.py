@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import UsageError
-from data.chat import (check_messages, conversation_rows, fit_to_context, prompt_for_reply, read_conversations,
-                       render_conversation)
-from data.loader import ConversationBatches, conversation_batches, padded_batch
+from gptkit.chat_template import check_messages, conversation_rows, fit_to_context, prompt_for_reply, read_conversations, render_conversation
+from gptkit.errors import UsageError
+from gptkit.loader import ConversationBatches, conversation_batches, padded_batch
 from helpers import SAMPLES
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)

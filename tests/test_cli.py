@@ -1,8 +1,11 @@
 """The scripts as a user runs them from the repo root: help, one-line errors, and prepare -> train -> sample."""
+import subprocess
+import sys
+
 import pytest
 
-from checkpoint import LAST, load_checkpoint
-from helpers import run_script
+from gptkit.checkpoint import LAST, load_checkpoint
+from helpers import REPO, run_script
 
 
 def assert_one_line_error(result, *fragments):
@@ -26,6 +29,14 @@ def test_help_lists_the_options(script, options):
     for option in options:
         assert option in result.stdout
     assert result.stderr == ""
+
+
+def test_help_into_a_pipe_that_closed_early_is_no_traceback():
+    """`python train.py --help | head -1`: the reader is gone before the help is written (train.py imports torch first)."""
+    process = subprocess.Popen([sys.executable, "train.py", "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and stderr == ""
 
 
 def test_train_unknown_option_is_one_line_with_a_suggestion():

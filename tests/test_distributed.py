@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from checkpoint import LAST, load_checkpoint
+from gptkit.checkpoint import LAST, load_checkpoint
 from helpers import REPO, run_script
-from train import train
 from test_resilience import tiny_run, wait_for
+from train import train
 
 
 def tiny_args(data_dir, out_dir, **overrides):
@@ -122,7 +122,8 @@ def test_a_rank_that_fails_mid_run_ends_the_job_instead_of_hanging_it(tmp_path, 
 
 
 def test_ddp_overhead_bench_compares_the_two_runs(tmp_path, data_dir):
-    args = [a for a in tiny_args(data_dir, tmp_path / "unused") if not a.startswith(("--out_dir", "--max_iters", "--eval_interval", "--log_interval", "--sample_tokens"))]
+    replaced = ("--out_dir", "--max_iters", "--eval_interval", "--log_interval", "--sample_tokens")
+    args = [a for a in tiny_args(data_dir, tmp_path / "unused") if not a.startswith(replaced)]
     result = run_script("bench/ddp_overhead.py", "--steps=30", f"--work_dir={tmp_path / 'bench'}", *args)
     assert result.returncode == 0, result.stderr
     assert "plain:" in result.stdout and "ddp, 1 process:" in result.stdout and "reproduce: python bench/ddp_overhead.py" in result.stdout

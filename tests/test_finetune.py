@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-import train as train_module
-from checkpoint import LAST, load_checkpoint
-from common import UsageError
-from data.synthetic_chat import make_conversations
+from gptkit import loader, optim
+from gptkit.checkpoint import LAST, load_checkpoint
+from gptkit.demo_chat import make_conversations
+from gptkit.errors import UsageError
+from gptkit.signals import TrainingStopped
 from test_resilience import step_losses, stop_at, tiny_run
-from train import TrainingStopped, train
+from train import train
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +56,19 @@ def test_fine_tuning_lowers_the_reply_loss_and_marks_the_checkpoint(tmp_path, pr
 
 def test_the_loss_is_taken_only_on_the_assistant_replies(tmp_path, pretrained, chat_file, monkeypatch):
     seen = []
-    real = train_module.ConversationBatches.next_batch
+    real = loader.ConversationBatches.next_batch
 
     def spy(self):
         x, y = real(self)
         seen.append((x, y))
         return x, y
 
-    monkeypatch.setattr(train_module.ConversationBatches, "next_batch", spy)
+    monkeypatch.setattr(loader.ConversationBatches, "next_batch", spy)
     train(sft_run(tmp_path / "sft", pretrained, chat_file, max_iters=2))
-    from data.tokenizer import Tokenizer
+    from gptkit.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_json(load_checkpoint(pretrained / LAST)["tokenizer"])
     user_end, assistant_end = tokenizer.special_id("<|user_end|>"), tokenizer.special_id("<|assistant_end|>")
-    for x, y in seen:
+    for _, y in seen:
         targets = y[y >= 0]
         assert len(targets) > 0
         assert user_end not in targets and assistant_end in targets
@@ -110,7 +111,7 @@ def test_stopped_and_resumed_fine_tuning_has_bit_identical_losses(tmp_path, pret
     with pytest.raises(TrainingStopped):
         train(sft_run(stopped, pretrained, chat_file))
     assert load_checkpoint(stopped / LAST)["step"] == 7
-    monkeypatch.setattr(train_module, "lr_multiplier", real)
+    monkeypatch.setattr(optim, "lr_multiplier", real)
     resumed = train(sft_run(stopped, pretrained, chat_file))
     expected, got = step_losses(straight), step_losses(stopped)
     assert sorted(got) == sorted(expected) == list(range(1, 13))

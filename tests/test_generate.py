@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from generate import TextStream, generate, sample_next
+from gptkit.engine import TextStream, generate, sample_next
 from helpers import SAMPLES, tiny_model
 
 
@@ -127,7 +127,7 @@ def test_text_stream_reassembles_any_text(bpe_tok, text):
 
 def test_text_stream_flush_marks_an_unfinished_character(bytes_tok):
     stream = TextStream(bytes_tok)
-    assert stream.feed("你".encode("utf-8")[0]) == ""
+    assert stream.feed("你".encode()[0]) == ""
     assert stream.flush() == "\ufffd"
 
 
@@ -135,8 +135,8 @@ def test_text_stream_flush_marks_an_unfinished_character(bytes_tok):
 
 from itertools import product  # noqa: E402
 
-from common import UsageError  # noqa: E402
-from generate import Engine, SamplingOptions, beam_search, check_sampling, penalize_repetition, stream_text  # noqa: E402
+from gptkit.engine import Engine, SamplingOptions, beam_search, check_sampling, penalize_repetition, stream_text  # noqa: E402
+from gptkit.errors import UsageError  # noqa: E402
 
 
 def picks(logits, n=400, **kwargs):

@@ -6,14 +6,15 @@ import pytest
 import tiktoken
 import torch
 
-import hf
-from checkpoint import LAST, build_model, load_any_checkpoint, load_checkpoint, save_checkpoint
-from common import UsageError
-from data.synthetic_chat import make_conversations
-from data.tokenizer import byte_tokenizer, gpt2_tokenizer
 from export import export
+from gptkit import hf
+from gptkit.checkpoint import LAST, build_model, load_checkpoint, save_checkpoint
+from gptkit.demo_chat import make_conversations
+from gptkit.errors import UsageError
+from gptkit.loading import load_any_checkpoint
+from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.tokenizer import byte_tokenizer, gpt2_tokenizer
 from helpers import run_script, tiny_model
-from model import GPT, GPTConfig, PRESETS
 from test_chat import chat
 from test_cli import assert_one_line_error
 from test_resilience import tiny_run
@@ -54,7 +55,7 @@ def hf_dir(tmp_path):
     """A transformers-saved GPT-2 (safetensors) with our bytes tokenizer beside it, as export.py would put it."""
     model = hf_gpt2(vocab_size=VOCAB, n_positions=192)
     model.save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / hf.TOKENIZER_FILE).write_text(byte_tokenizer().to_json())
+    (tmp_path / "hf" / hf.EXPORTED_TOKENIZER_FILE).write_text(byte_tokenizer().to_json())
     return tmp_path / "hf", model
 
 
@@ -69,7 +70,7 @@ def gpt2_checkpoint(path, seed=0, **changes):
 def test_a_transformers_gpt2_loads_with_its_logits(tmp_path):
     reference = hf_gpt2()
     reference.save_pretrained(tmp_path)
-    model = GPT.from_pretrained(tmp_path)
+    model = hf.from_pretrained(tmp_path)
     c = model.config
     assert (c.pos_encoding, c.norm, c.mlp, c.tie_embeddings, c.bias) == ("learned", "layernorm", "gelu", True, True)
     assert (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd) == (96, 64, 2, 2, 32)  # the vocabulary is not padded
@@ -87,7 +88,7 @@ def test_pytorch_model_bin_without_prefix_and_with_mask_buffers_loads(tmp_path):
         state[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(state, tmp_path / "pytorch_model.bin")
     reference.config.to_json_file(tmp_path / "config.json")
-    model = hf.load_hf_gpt2(tmp_path)
+    model = hf.from_pretrained(tmp_path)
     ids = torch.randint(0, 96, (3, 40), generator=torch.Generator().manual_seed(2))
     assert (our_logits(model, ids) - transformers_logits(reference, ids)).abs().max() < 1e-4
 
@@ -96,7 +97,7 @@ def test_a_pytorch_model_bin_that_would_run_code_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 8, "vocab_size": 8}))
     torch.save({"h.0.attn.c_attn.weight": torch.zeros(8, 24), "evil": print}, tmp_path / "pytorch_model.bin")
     with pytest.raises(UsageError, match="refusing to load"):
-        hf.load_hf_gpt2(tmp_path)
+        hf.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -114,7 +115,7 @@ def test_a_config_we_do_not_compute_is_refused_in_one_line(tmp_path, change, mes
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(UsageError, match=message) as error:
-        hf.load_hf_gpt2(tmp_path)
+        hf.from_pretrained(tmp_path)
     assert "\n" not in str(error.value)
 
 
@@ -146,7 +147,7 @@ def test_a_name_that_is_neither_a_path_nor_a_hub_name_is_a_missing_checkpoint(tm
     with pytest.raises(UsageError, match="does not exist.*hub name"):
         load_any_checkpoint(tmp_path / "gpt3")
     with pytest.raises(UsageError, match="neither a folder with config.json nor a GPT-2 hub name"):
-        GPT.from_pretrained(tmp_path / "gpt3")
+        hf.from_pretrained(tmp_path / "gpt3")
 
 
 def test_a_training_folder_with_a_config_json_is_ours(tmp_path):
@@ -193,7 +194,7 @@ def test_gpt2_with_gpt2s_tokenizer_gets_rows_for_the_chat_tokens_and_keeps_its_l
     reference.save_pretrained(tmp_path)
     model, loaded = build_model(load_any_checkpoint(tmp_path))
     assert loaded.to_json() == tokenizer.to_json() and model.config.vocab_size == tokenizer.n_vocab == 50264
-    assert hf.load_hf_gpt2(tmp_path).config.vocab_size == 50257  # GPT.from_pretrained keeps GPT-2's vocabulary exactly
+    assert hf.from_pretrained(tmp_path).config.vocab_size == 50257  # from_pretrained keeps GPT-2's vocabulary exactly
     ids = torch.randint(0, 50257, (1, 32))
     assert (our_logits(model, ids)[..., :50257] - transformers_logits(reference, ids)).abs().max() < 1e-4
 
@@ -235,7 +236,7 @@ def test_the_modern_preset_exports_in_our_layout_and_says_transformers_has_no_cl
     assert "transformers has no class" in (tmp_path / "out" / "README.md").read_text()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gptkit"
     ids = torch.randint(0, VOCAB, (2, 64))
-    assert torch.equal(our_logits(GPT.from_pretrained(tmp_path / "out"), ids), our_logits(model, ids))
+    assert torch.equal(our_logits(hf.from_pretrained(tmp_path / "out"), ids), our_logits(model, ids))
     back, tokenizer = build_model(load_any_checkpoint(tmp_path / "out"))
     assert torch.equal(our_logits(back, ids), our_logits(model, ids)) and tokenizer.n_vocab == 264
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from gptkit.model import GPT, GPT2_SIZES, GPTConfig, KVCache
 from helpers import tiny_config, tiny_model
-from model import GPT, GPT2_SIZES, GPTConfig, KVCache
 
 POS_ENCODINGS = ["learned", "sinusoidal", "rope"]
 VARIANTS = [(preset, pe) for preset in ("gpt2", "modern") for pe in POS_ENCODINGS]

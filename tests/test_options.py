@@ -4,9 +4,9 @@ from typing import Optional
 
 import pytest
 
-from common import UsageError
-from options import option, parse_options
-from train import TrainConfig
+from gptkit.errors import UsageError
+from gptkit.options import option, parse_options
+from gptkit.train_config import TrainConfig
 
 
 @dataclass
@@ -125,7 +125,8 @@ def test_help_lists_every_option_with_default_type_and_choices(capsys):
 
 
 def test_config_file_applies(tmp_path):
-    path = write_config(tmp_path / "small.py", '"""A docstring is fine."""\nn_layer = 2\nlr = 1  # an int literal for a float option\ncompile = True\ntop_k = None\noptimizer = "muon"\ninputs = ["x.txt"]\n')
+    path = write_config(tmp_path / "small.py", '"""A docstring is fine."""\nn_layer = 2\nlr = 1  # an int literal for a float option\n'
+                                               'compile = True\ntop_k = None\noptimizer = "muon"\ninputs = ["x.txt"]\n')
     opts = parse(path)
     assert opts == Opts(n_layer=2, lr=1.0, compile=True, top_k=None, optimizer="muon", inputs=["x.txt"])
     assert isinstance(opts.lr, float)

@@ -1,14 +1,14 @@
-"""Generation precisions (precision.py): what "auto" picks, what "mixed" computes, and that the scripts take --dtype."""
+"""Generation precisions (gptkit/precision.py): what "auto" picks, what "mixed" computes, and that the scripts take --dtype."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import precision
-from checkpoint import save_checkpoint
-from generate import Engine, beam_search
+from gptkit import precision
+from gptkit.checkpoint import save_checkpoint
+from gptkit.engine import Engine, beam_search
+from gptkit.precision import HalfWeightLinear, for_generation, resolve_dtype
 from helpers import run_script, tiny_model
-from precision import HalfWeightLinear, for_generation, resolve_dtype
 from test_cli import assert_one_line_error
 
 
@@ -47,7 +47,7 @@ def test_mixed_keeps_activations_and_cache_in_float32_and_stays_close(preset):
     prompt = [3, 17, 5, 40, 22, 9, 31]
     engine, ref_engine = Engine(model), Engine(reference)
     logits, ref_logits = engine.prefill(prompt), ref_engine.prefill(prompt)
-    assert engine.cache.k.dtype == torch.float32 and logits.dtype == torch.float32
+    assert engine.cache.dtype == torch.float32 and logits.dtype == torch.float32
     assert torch.allclose(logits, ref_logits, atol=0.05)
     for token in (7, 11, 13):  # one-row steps take the float16 weights
         assert torch.allclose(engine.decode_step(token), ref_engine.decode_step(token), atol=0.05)
@@ -76,7 +76,7 @@ def test_whole_model_precisions_cast_weights_and_cache(name, dtype):
     assert for_generation(model, name, "cpu") == name
     assert all(p.dtype == dtype for p in model.parameters())
     engine = Engine(model)
-    assert engine.cache.k.dtype == dtype
+    assert engine.cache.dtype == dtype
     assert len(list(engine.generate([1, 2, 3], 5, temperature=0))) == 5
 
 

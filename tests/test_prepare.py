@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from common import UsageError
-from data.prepare import PrepareConfig, default_data_dir, prepare
-from data.shards import META_FILE, TOKENIZER_FILE, load_split, read_meta
-from data.tokenizer import Tokenizer
+from gptkit.errors import UsageError
+from gptkit.preparation import PrepareConfig, default_data_dir, prepare
+from gptkit.shards import META_FILE, TOKENIZER_FILE, load_split, read_meta
+from gptkit.tokenizer import Tokenizer
 from helpers import run_script
 
 EOT = 256  # the bytes tokenizer's <|endoftext|>
@@ -77,7 +77,8 @@ def test_glob_selects_matching_files_only(tmp_path, docs_folder):
 def test_jsonl_gives_one_document_per_line(tmp_path):
     records = [{"text": f"record {i} ünïcode", "id": i} for i in range(4)]
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records[:2]) + "\n\n" + "\n".join(json.dumps(r) for r in records[2:]) + "\n", encoding="utf-8")
+    lines = [json.dumps(r, ensure_ascii=False) for r in records[:2]] + [""] + [json.dumps(r) for r in records[2:]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run_prepare(tmp_path / "out", path, val_fraction=0.5)
     assert tokens(tmp_path / "out", "train") == as_bytes_ids("record 0 ünïcode", "record 2 ünïcode")
     assert tokens(tmp_path / "out", "val") == as_bytes_ids("record 1 ünïcode", "record 3 ünïcode")

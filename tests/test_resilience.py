@@ -9,16 +9,20 @@ import time
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-import train as train_module
-from checkpoint import LAST, load_checkpoint
-from common import UsageError
-from data.shards import load_split, read_meta
+from gptkit import optim
+from gptkit.checkpoint import LAST, load_checkpoint
+from gptkit.errors import UsageError
+from gptkit.model import GPT
+from gptkit.options import parse_options
+from gptkit.shards import load_split, read_meta
+from gptkit.signals import StopSignals, TrainingStopped
+from gptkit.spike_guard import SpikeGuard
+from gptkit.train_config import TrainConfig, check_config
 from helpers import REPO
-from model import GPT
-from options import parse_options
-from train import TrainConfig, TrainingStopped, check_config, train
+from train import train
 
 
 def tiny_run(out_dir, data_dir, **overrides):
@@ -35,14 +39,14 @@ def step_losses(out_dir):
 
 def stop_at(monkeypatch, stop_step):
     """Deliver SIGTERM to this process while step `stop_step` is in flight, as a scheduler would."""
-    real = train_module.lr_multiplier
+    real = optim.lr_multiplier
 
     def lr_then_signal(step, cfg):
         if step == stop_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(step, cfg)
 
-    monkeypatch.setattr(train_module, "lr_multiplier", lr_then_signal)
+    monkeypatch.setattr(optim, "lr_multiplier", lr_then_signal)
     return real
 
 
@@ -57,7 +61,7 @@ def test_stopped_and_resumed_run_has_bit_identical_losses(tmp_path, data_dir, mo
         train(tiny_run(stopped, data_dir, optimizer=optimizer))
     assert info.value.signal_name == "SIGTERM" and info.value.step == 14  # the step in flight finished first
     assert load_checkpoint(stopped / LAST)["step"] == 14
-    monkeypatch.setattr(train_module, "lr_multiplier", real)
+    monkeypatch.setattr(optim, "lr_multiplier", real)
     resumed = train(tiny_run(stopped, data_dir, optimizer=optimizer))  # resume=auto picks up last.pt
 
     expected, got = step_losses(straight), step_losses(stopped)
@@ -126,12 +130,12 @@ def test_repeated_non_finite_gradients_stop_with_the_last_good_checkpoint(tmp_pa
 
 
 def test_spike_guard_flags_only_outliers_after_its_warmup():
-    guard = train_module.SpikeGuard(threshold=4.0, warmup=10)
+    guard = SpikeGuard(threshold=4.0, warmup=10)
     losses = [3.0 + 0.05 * ((-1) ** i) for i in range(30)]
     assert not any(guard.is_spike(x) or guard.update(x) for x in losses)
     assert guard.is_spike(4.0) and not guard.is_spike(3.1)
-    assert not train_module.SpikeGuard(threshold=0.0).is_spike(1e9)  # off by default
-    fresh = train_module.SpikeGuard(threshold=4.0, warmup=10)
+    assert not SpikeGuard(threshold=0.0).is_spike(1e9)  # off by default
+    fresh = SpikeGuard(threshold=4.0, warmup=10)
     assert not fresh.is_spike(1e9)  # no judgement before it has seen enough steps
 
 
@@ -162,7 +166,7 @@ def test_token_ids_beyond_the_vocabulary_are_refused(tmp_path, data_dir):
 
 
 def test_second_ctrl_c_quits_at_once():
-    with train_module.StopSignals() as stop:
+    with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested == "SIGINT"
         with pytest.raises(KeyboardInterrupt):

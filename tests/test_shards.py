@@ -5,9 +5,10 @@ import hashlib
 import numpy as np
 import pytest
 
-import common
-from common import UsageError, atomic_write
-from data.shards import META_FILE, ShardWriter, is_prepared, load_split, read_meta, token_dtype, write_meta
+from gptkit import files
+from gptkit.errors import UsageError
+from gptkit.files import atomic_write
+from gptkit.shards import META_FILE, ShardWriter, is_prepared, load_split, read_meta, token_dtype, write_meta
 
 
 def write_split(folder, split, tokens, shard_tokens, vocab_size=300, chunk=37):
@@ -137,7 +138,7 @@ def test_crash_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError(errno.EIO, "simulated crash")
 
-    monkeypatch.setattr(common.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError):
         write_meta(tmp_path, {"version": 1, "old": False})
     monkeypatch.undo()
@@ -163,7 +164,7 @@ def test_interrupted_shard_writer_leaves_no_partial_shard(tmp_path, monkeypatch)
     def crash(fd):
         raise OSError(errno.EIO, "simulated I/O error")
 
-    monkeypatch.setattr(common.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError):
         writer.add(list(range(15)))
     assert list(tmp_path.iterdir()) == []

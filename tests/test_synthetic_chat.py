@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import UsageError
-from data.synthetic_chat import KINDS, make_conversation, make_conversations, split_prompt_answer
+from gptkit.demo_chat import CONVERSATION_KINDS, make_conversation, make_conversations, split_prompt_answer
+from gptkit.errors import UsageError
 from helpers import run_script
 
 DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
@@ -62,7 +62,7 @@ KIND_OF_QUESTION = (("arithmetic", r"What is \d (plus|minus) \d\?"), ("next_day"
 
 
 def assert_well_formed(conversation):
-    assert set(conversation) == {"kind", "messages"} and conversation["kind"] in KINDS
+    assert set(conversation) == {"kind", "messages"} and conversation["kind"] in CONVERSATION_KINDS
     messages = conversation["messages"]
     assert all(set(m) == {"role", "content"} and isinstance(m["content"], str) and m["content"] for m in messages)
     roles = [m["role"] for m in messages]
@@ -92,7 +92,7 @@ def test_every_conversation_is_well_formed_and_correctly_answered():
     assert 0.25 < with_system < 0.42  # about a third
 
 
-@given(st.integers(0, 2**63), st.sampled_from(KINDS))
+@given(st.integers(0, 2**63), st.sampled_from(CONVERSATION_KINDS))
 def test_any_seed_gives_well_formed_correct_conversations(seed, kind):
     conversation = make_conversation(random.Random(seed), kind)
     assert_well_formed(conversation)
@@ -161,7 +161,7 @@ def test_non_recall_conversations_have_one_to_three_turns():
 
 def test_kinds_are_cycled_evenly():
     counts = Counter(c["kind"] for c in make_conversations(1000, seed=0))
-    assert counts == {kind: 250 for kind in KINDS}
+    assert counts == {kind: 250 for kind in CONVERSATION_KINDS}
     counts = Counter(c["kind"] for c in make_conversations(7, seed=0, kinds=["repeat", "arithmetic"]))
     assert counts == {"repeat": 4, "arithmetic": 3}
 

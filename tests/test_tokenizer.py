@@ -4,8 +4,8 @@ import tiktoken
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import UsageError
-from data.tokenizer import END_OF_TEXT, SPECIAL_TOKENS, Tokenizer, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
+from gptkit.errors import UsageError
+from gptkit.tokenizer import END_OF_TEXT, SPECIAL_TOKENS, Tokenizer, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
 from helpers import SAMPLES
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import save_checkpoint
-from common import UsageError
-from evaluate import EvalConfig, evaluate_checkpoint
+from gptkit.checkpoint import save_checkpoint
+from gptkit.errors import UsageError
+from gptkit.evaluation import EvalConfig, evaluate_checkpoint
 from helpers import run_script, tiny_model
 
 TEXT = "the cat sees the fish. naïve café, 你好 🙂\nmy friend finds a red ball.\n" * 3  # multi-byte characters on purpose
@@ -81,7 +81,7 @@ def test_shorter_windows_and_a_token_budget(bytes_ckpt, text_file):
 
 
 def test_prepared_folder_agrees_with_the_same_text_as_a_file(tmp_path, bytes_ckpt, text_file, corpus_file):
-    from data.prepare import PrepareConfig, prepare
+    from gptkit.preparation import PrepareConfig, prepare
 
     folder = tmp_path / "prepared"
     prepare(PrepareConfig(inputs=[str(corpus_file)], val_file=str(text_file), tokenizer="bytes", out_dir=str(folder)))
@@ -152,7 +152,7 @@ def run_records(n_steps=40, scale=1.0):
 def assert_png(path):
     from matplotlib.image import imread
 
-    from plot import DPI, FIGSIZE
+    from gptkit.plotting import DPI, FIGSIZE
 
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert imread(path).shape[:2] == (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)
@@ -171,7 +171,7 @@ def test_plot_cli_writes_a_png_from_a_hand_written_metrics_file(tmp_path):
 
 def test_plot_two_runs_on_one_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from plot import plot_runs
+    from gptkit.plotting import plot_runs
 
     first = write_metrics(tmp_path / "small", run_records())
     second = write_metrics(tmp_path / "large", run_records(60, scale=0.8))
@@ -193,7 +193,7 @@ def test_plot_skips_malformed_lines_and_counts_them(tmp_path):
 
 
 def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
-    from plot import read_metrics
+    from gptkit.plotting import read_metrics
 
     # Saved at step 20, logged to 40, killed; resumed from 20: it evaluates step 20 again and logs 30, 40 anew.
     first, resumed = run_records(40), [r for r in run_records(40, scale=0.5) if r["iter"] >= 20 and not ("loss" in r and r["iter"] == 20)]
@@ -204,7 +204,7 @@ def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
 
 
 def test_plot_missing_or_empty_metrics_are_clear_errors(tmp_path):
-    from plot import read_metrics
+    from gptkit.plotting import read_metrics
 
     assert_one_line_error(run_script("plot.py", tmp_path / "nowhere", f"--out={tmp_path / 'x.png'}"), "nowhere", "does not exist")
     with pytest.raises(UsageError, match="holds no metrics"):
@@ -215,23 +215,24 @@ def test_plot_missing_or_empty_metrics_are_clear_errors(tmp_path):
 
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     import plot
+    from gptkit import plotting
 
     def missing():
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(plot, "_matplotlib", missing)
+    monkeypatch.setattr(plotting, "_matplotlib", missing)
     monkeypatch.setattr("sys.argv", ["plot.py", str(write_metrics(tmp_path / "run", run_records()))])
     with pytest.raises(UsageError, match=r"pip install matplotlib.*pip install -e \"\.\[plot\]\""):
         plot.main()
     with pytest.raises(ImportError):  # what train.py ignores
-        plot.plot_runs([tmp_path / "run"], tmp_path / "c.png")
+        plotting.plot_runs([tmp_path / "run"], tmp_path / "c.png")
 
 
 # model_card.py
 
 def test_model_card_holds_the_numbers_given(tmp_path):
-    from model_card import write_model_card
-    from train import TrainConfig
+    from gptkit.model_card import write_model_card
+    from gptkit.train_config import TrainConfig
 
     model_config = vars(tiny_model(preset="modern", vocab_size=320).config)
     path = write_model_card(tmp_path / "run", model_config=model_config, train_config=asdict(TrainConfig(max_iters=900)),
@@ -245,9 +246,9 @@ def test_model_card_holds_the_numbers_given(tmp_path):
 
 
 def test_model_card_training_command_resumes_the_same_run(tmp_path):
-    from model_card import training_command
-    from options import parse_options
-    from train import TrainConfig
+    from gptkit.model_card import training_command
+    from gptkit.options import parse_options
+    from gptkit.train_config import TrainConfig
 
     cfg = parse_options(TrainConfig, ["shakespeare", "--lr=0.002", "--sample_prompt=ROMEO: ", "--pos_encoding=learned"], description="")
     command = training_command(asdict(cfg), tmp_path / "my run")
@@ -258,8 +259,8 @@ def test_model_card_training_command_resumes_the_same_run(tmp_path):
 
 
 def test_model_card_cli_regenerates_it_from_a_checkpoint(tmp_path, bytes_tok):
-    from checkpoint import BEST, LAST
-    from train import TrainConfig
+    from gptkit.checkpoint import BEST, LAST
+    from gptkit.train_config import TrainConfig
 
     run = tmp_path / "run"
     model = tiny_model(preset="modern", vocab_size=320, block_size=BLOCK)
@@ -267,7 +268,7 @@ def test_model_card_cli_regenerates_it_from_a_checkpoint(tmp_path, bytes_tok):
     save_checkpoint(run / BEST, model, bytes_tok, train_config=train_config, step=20, chat_tuned=True, val_loss=1.25, val_bpb=1.7034)
     save_checkpoint(run / LAST, model, bytes_tok, train_config=train_config, step=30, best_val_loss=1.25, tokens_seen=15_360, chat_tuned=True)
     write_metrics(run, [{"iter": 30, "tokens": 15_360, "val_loss": 1.3, "val_bpb": 1.8765}])
-    result = run_script("model_card.py", f"--ckpt={run}")
+    result = run_script("-m", "gptkit.model_card", f"--ckpt={run}")
     assert result.returncode == 0, result.stderr
     card = (run / "MODEL_CARD.md").read_text()
     for expected in (f"{model.num_params():,}", "15,360", "| this checkpoint | 30 | 1.3000", "1.8765", "| best | 20 | 1.2500", "1.7034",

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-import train as train_module
-from checkpoint import BEST, LAST, build_model, load_checkpoint, resolve_checkpoint, save_checkpoint
-from common import UsageError
-from data.loader import sequential_windows
-from data.prepare import PrepareConfig, prepare
-from data.tokenizer import byte_tokenizer
+from gptkit import optim, run_state
+from gptkit.checkpoint import BEST, LAST, build_model, load_checkpoint, resolve_checkpoint, save_checkpoint
+from gptkit.errors import UsageError
+from gptkit.evaluation import evaluate
+from gptkit.loader import sequential_windows
+from gptkit.model import GPT
+from gptkit.optim import lr_multiplier
+from gptkit.preparation import PrepareConfig, prepare
+from gptkit.tokenizer import byte_tokenizer
+from gptkit.train_config import TrainConfig, model_config
 from helpers import tiny_model
-from model import GPT
-from train import TrainConfig, evaluate, lr_multiplier, model_config, train
+from train import train
 
 
 def tiny_run(out_dir, data_dir="", **overrides):
@@ -89,18 +92,18 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, data
     cfg = tiny_run(tmp_path / "straight", data_dir, max_iters=20)
     reference = train(cfg)
 
-    real = train_module.lr_multiplier
+    real = optim.lr_multiplier
 
     def interrupt_at_12(step, c):
         if step == 12:
             raise KeyboardInterrupt
         return real(step, c)
 
-    monkeypatch.setattr(train_module, "lr_multiplier", interrupt_at_12)
+    monkeypatch.setattr(optim, "lr_multiplier", interrupt_at_12)
     cfg = replace(cfg, out_dir=str(tmp_path / "interrupted"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    monkeypatch.setattr(train_module, "lr_multiplier", real)
+    monkeypatch.setattr(optim, "lr_multiplier", real)
     assert load_checkpoint(tmp_path / "interrupted" / LAST)["step"] == 10
     resumed = train(replace(cfg, resume="true"))
 
@@ -326,10 +329,10 @@ def test_resolve_checkpoint_in_a_folder(tmp_path, saved):
 
 
 def test_rng_state_round_trip():
-    train_module.seed_everything(3)
-    state = train_module.rng_state()
+    run_state.seed_everything(3)
+    state = run_state.rng_state()
     expected = (np.random.random(), torch.rand(1).item())
-    train_module.restore_rng_state(state)
+    run_state.restore_rng_state(state)
     assert (np.random.random(), torch.rand(1).item()) == expected
 
 

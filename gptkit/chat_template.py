@@ -9,8 +9,8 @@ those of the next one: chat.py relies on that to keep its KV cache across turns.
 """
 from pathlib import Path
 
-from common import UsageError
-from data.sources import dataset_documents, jsonl_records
+from gptkit.errors import UsageError
+from gptkit.sources import dataset_documents, jsonl_records
 
 ROLES = ("system", "user", "assistant")
 

@@ -1,7 +1,7 @@
 """Batches from token shards: random training windows, and fixed validation windows that cover the split in order."""
 import numpy as np
 
-from common import UsageError
+from gptkit.errors import UsageError
 
 
 class RandomWindows:

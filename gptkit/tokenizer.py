@@ -8,7 +8,7 @@ import json
 
 import tiktoken
 
-from common import UsageError
+from gptkit.errors import UsageError
 
 END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKENS = (
@@ -20,7 +20,7 @@ SPECIAL_TOKENS = (
 )
 # GPT-4's split pattern: words, numbers up to 3 digits, punctuation runs, whitespace.
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-KINDS = ("bpe", "bytes", "gpt2")
+TOKENIZER_KINDS = ("bpe", "bytes", "gpt2")
 
 GPT2_OFFLINE_HELP = (
     "tiktoken could not load GPT-2's encoding (it downloads it once, and this machine seems offline). "

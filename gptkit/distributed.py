@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
-from common import UsageError
+from gptkit.errors import UsageError
 
 # A collective that waits longer than this (a rank died, or hangs) raises instead of blocking forever.
 TIMEOUT = timedelta(minutes=15)

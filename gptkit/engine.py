@@ -9,10 +9,10 @@ from typing import Optional
 
 import torch
 
-from common import check_rules
-from model import KVCache
-from options import option
+from gptkit.model import KVCache
+from gptkit.options import check_rules, option
 
+# -- sampling options and filters -----------------------------------------------------------------------------------------
 
 @dataclass
 class SamplingOptions:
@@ -84,30 +84,7 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None, top_p=1.0, 
     return torch.multinomial(probs, 1, generator=generator)
 
 
-class LayerKVCache(KVCache):
-    """KVCache with a buffer per layer, (B, H, max_len, D) each: what Engine(compile=True) uses.
-
-    A compiled step writes each layer's new keys and values in place. With model.KVCache's one buffer for all layers,
-    each layer's write becomes a copy of the whole (n_layer, ...) buffer in the compiled graph: 6x slower than eager
-    for GPT-2 small on a CPU.
-    """
-
-    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
-        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.pos = 0
-
-    @property
-    def max_len(self):
-        return self.k[0].shape[2]
-
-    def append(self, layer, k, v):
-        end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
+# -- the engine: one KV cache, prefill, decode ----------------------------------------------------------------------------
 
 class Engine:
     """A model plus one KV cache and the token ids whose keys and values it holds."""
@@ -120,13 +97,10 @@ class Engine:
         # compile=True: decode_step runs the model through torch.compile (prefill stays eager, its length varies).
         # The cache position is passed in as an int argument with dynamic=True, so it is symbolic in the graph: one graph
         # serves every position, where reading kv_cache.pos as an attribute would specialise on it and recompile every token.
-        # The cache has a buffer per layer (LayerKVCache) and one spare slot, which keeps the keys read at the last
-        # position a strict slice of the buffer (a whole-buffer view would compile a second graph).
+        # The cache has one spare slot, which keeps the keys read at the last position a strict slice of the buffer
+        # (a whole-buffer view would compile a second graph).
         # The first decode step compiles (seconds to minutes); a compiler error surfaces there.
-        if compile:
-            self.cache = LayerKVCache(model.config, 1, self.block_size + 1, self.device, dtype=param.dtype)
-        else:
-            self.cache = KVCache(model.config, 1, self.block_size, self.device, dtype=param.dtype)
+        self.cache = KVCache(model.config, 1, self.block_size + (1 if compile else 0), self.device, dtype=param.dtype)
         self.cached_ids = []
         self.last_prefill = {"reused": 0, "prefilled": 0}
         self._compiled_decode = torch.compile(self._decode_at, dynamic=True) if compile else None
@@ -204,6 +178,8 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, see
     yield from Engine(model, vocab_limit).generate(prompt_ids, max_new_tokens, temperature, top_k, seed, stop_ids, **sampling)
 
 
+# -- beam search ----------------------------------------------------------------------------------------------------------
+
 @torch.no_grad()
 def beam_search(model, prompt_ids, beam_size, max_new_tokens, stop_ids=(), vocab_limit=None, length_penalty=1.0):
     """The most likely continuation by beam search: deterministic, scored by log-probability / length**length_penalty.
@@ -243,8 +219,7 @@ def beam_search(model, prompt_ids, beam_size, max_new_tokens, stop_ids=(), vocab
         if len(finished) >= beam_size or not live or step == max_new_tokens - 1:
             break
         rows = torch.tensor([row for row, _, _ in live], device=param.device)
-        cache.k[:, :len(live)] = cache.k[:, rows]  # (n_layer, B, H, T, D): follow the surviving beams
-        cache.v[:, :len(live)] = cache.v[:, rows]
+        cache.reorder(rows)  # follow the surviving beams
         beams = [beams[row] + [token] for row, token, _ in live]
         scores = torch.full((beam_size,), float("-inf"), device=param.device)
         scores[:len(live)] = torch.tensor([score for _, _, score in live])
@@ -253,6 +228,8 @@ def beam_search(model, prompt_ids, beam_size, max_new_tokens, stop_ids=(), vocab
         logits = model(torch.tensor(tokens, device=param.device), kv_cache=cache)[:, -1, :]
     return max(finished, key=lambda f: f[0])[1] if finished else []
 
+
+# -- text out -------------------------------------------------------------------------------------------------------------
 
 class TextStream:
     """Turns token ids into printable text as they arrive, never splitting a multi-byte UTF-8 character."""

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UsageError, atomic_write
+from gptkit.errors import UsageError
+from gptkit.files import atomic_write
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"

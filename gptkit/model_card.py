@@ -1,4 +1,4 @@
-"""Write MODEL_CARD.md, a short human-readable summary of a checkpoint folder: python model_card.py --ckpt=out
+"""Write MODEL_CARD.md, a short human-readable summary of a checkpoint folder: python -m gptkit.model_card --ckpt=out
 
 train.py writes it after every checkpoint through write_model_card(); this script writes it again from a checkpoint
 (last.pt for the training state, best.pt for the best validation figures, metrics.jsonl for the latest ones).
@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from common import UsageError, atomic_write, run_cli
-from model import GPT2_SIZES, PRESETS
-from options import format_value, option, parse_options
+from gptkit.errors import UsageError, run_cli
+from gptkit.files import atomic_write
+from gptkit.model import GPT2_SIZES, PRESETS
+from gptkit.options import format_value, option, parse_options
 
 CARD_FILE = "MODEL_CARD.md"
 FEATURES = {  # how each architecture choice reads in the card
@@ -51,7 +52,7 @@ def model_card(out_dir, model_config, train_config, n_params, step, tokens_seen,
         f"# {name}", "",
         f"A {n_params / 1e6:.2f}M-parameter GPT ({architecture(c)}) trained for {step:,} steps{tokens}. {chat}.", "",
         f"Checkpoint saved {date:%Y-%m-%d %H:%M}; this card is rewritten by train.py after every checkpoint "
-        f"and by `python model_card.py --ckpt={out_dir}`.", "",
+        f"and by `python -m gptkit.model_card --ckpt={out_dir}`.", "",
         "## Model", "",
         "| | |", "| --- | --- |",
         f"| architecture | {architecture(c)}: {features(c)} |",
@@ -64,7 +65,7 @@ def model_card(out_dir, model_config, train_config, n_params, step, tokens_seen,
         "", "## Training", "",
     ]
     if train_config:
-        unit = "conversations" if chat_data(tc) else f"x {tc['block_size']} tokens"
+        unit = "conversations" if fine_tuned_on_conversations(tc) else f"x {tc['block_size']} tokens"
         lines += [
             "| | |", "| --- | --- |",
             f"| data | {data_source(tc)} |",
@@ -99,7 +100,7 @@ def features(c):
     ])
 
 
-def chat_data(tc):
+def fine_tuned_on_conversations(tc):
     return tc.get("chat_data") or tc.get("chat_dataset")
 
 
@@ -164,7 +165,7 @@ def training_command(tc, out_dir):
     """`python train.py` with the options where this run differs from plain `python train.py` (config/default.py)."""
     if not tc:
         return None
-    from train import TrainConfig  # here, not at the top: train.py imports this module
+    from gptkit.train_config import TrainConfig
 
     plain = asdict(parse_options(TrainConfig, [], description="", default_config="default"))
     tc = {**tc, "out_dir": str(out_dir)}
@@ -173,9 +174,9 @@ def training_command(tc, out_dir):
 
 def card_from_checkpoint(path):
     """Write the card of a checkpoint folder (or of the folder holding a checkpoint file); returns its path."""
-    from checkpoint import BEST, LAST, build_model, load_checkpoint, resolve_checkpoint
-    from data.tokenizer import Tokenizer
-    from plot import read_metrics
+    from gptkit.checkpoint import BEST, LAST, build_model, load_checkpoint, resolve_checkpoint
+    from gptkit.plotting import read_metrics
+    from gptkit.tokenizer import Tokenizer
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent

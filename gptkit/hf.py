@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import BEST, FORMAT_VERSION, LAST
-from common import UsageError, first_line
-from data.tokenizer import Tokenizer, gpt2_tokenizer
-from model import GPT, GPT2_SIZES, PRESETS, GPTConfig
+from gptkit.checkpoint import BEST, FORMAT_VERSION, LAST, make_checkpoint
+from gptkit.errors import UsageError, first_line
+from gptkit.model import GPT, GPT2_SIZES, PRESETS, GPTConfig
+from gptkit.tokenizer import Tokenizer, gpt2_tokenizer
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "gptkit_tokenizer.json"  # our tokenizer's JSON (Tokenizer.to_json), beside the weights
+EXPORTED_TOKENIZER_FILE = "gptkit_tokenizer.json"  # our tokenizer's JSON (Tokenizer.to_json), beside the weights
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 HUB_OWNER = "openai-community"  # GPT-2's home on the hub (the bare names redirect there)
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # what our gpt2 preset computes: F.gelu(approximate="tanh")
@@ -235,7 +235,7 @@ def check_weights(state, config, where):
             raise UsageError(f"{where}: the weights do not fit config.json: {problem}: {', '.join(names[:2])}{more}")
 
 
-def load_hf_gpt2(name_or_dir):
+def from_pretrained(name_or_dir):
     """Our GPT, in eval mode, with the weights of a Hugging Face GPT-2 (a folder, or a hub name such as "gpt2")
     or of a folder export.py wrote. The vocabulary is the folder's (50,257 for GPT-2): logits match transformers'."""
     config, state, *_ = read_pretrained(name_or_dir)
@@ -250,22 +250,21 @@ def hf_checkpoint(name_or_dir):
     The tokenizer is the folder's gptkit_tokenizer.json (written by export.py), else tiktoken's GPT-2 encoding.
     """
     config, state, folder, meta, where = read_pretrained(name_or_dir)
-    tokenizer_file = folder / TOKENIZER_FILE
+    tokenizer_file = folder / EXPORTED_TOKENIZER_FILE
     if tokenizer_file.is_file():
         try:
             tokenizer = Tokenizer.from_json(tokenizer_file.read_text(encoding="utf-8"))
         except (UsageError, UnicodeDecodeError) as e:
             raise UsageError(f"{tokenizer_file}: {e}") from None
     elif meta.get("model_type") == "gptkit":
-        raise UsageError(f"{where}/ has no {TOKENIZER_FILE}, the tokenizer its model was trained with; export it again with export.py")
+        raise UsageError(f"{where}/ has no {EXPORTED_TOKENIZER_FILE}, the tokenizer its model was trained with; export it again with export.py")
     else:
         try:
             tokenizer = gpt2_tokenizer()
         except UsageError as e:
-            raise UsageError(f"{where} has no {TOKENIZER_FILE}, so it uses GPT-2's tokenizer, but {e}") from None
+            raise UsageError(f"{where} has no {EXPORTED_TOKENIZER_FILE}, so it uses GPT-2's tokenizer, but {e}") from None
     config, state = fit_vocabulary(config, state, tokenizer, where)
-    return {"format_version": FORMAT_VERSION, "model_config": vars(config).copy(), "model": state, "tokenizer": tokenizer.to_json(),
-            "path": where, "chat_tuned": bool(meta.get("gptkit_chat_tuned"))}
+    return {**make_checkpoint(config, state, tokenizer, chat_tuned=bool(meta.get("gptkit_chat_tuned"))), "path": where}
 
 
 def fit_vocabulary(config, state, tokenizer, where):
@@ -280,7 +279,7 @@ def fit_vocabulary(config, state, tokenizer, where):
     special = {tokenizer.special_id(name) for name in tokenizer.encoding.special_tokens_set}
     if not set(range(config.vocab_size, tokenizer.n_vocab)) <= special:
         raise UsageError(f"{where}: its tokenizer has {tokenizer.n_vocab} ids but the model only {config.vocab_size}; "
-                         f"put the tokenizer it was trained with beside it as {TOKENIZER_FILE}")
+                         f"put the tokenizer it was trained with beside it as {EXPORTED_TOKENIZER_FILE}")
     state = dict(state)
     for name in ("transformer.wte.weight", "lm_head.weight"):
         if name == "lm_head.weight" and config.tie_embeddings:

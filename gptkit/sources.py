@@ -4,7 +4,7 @@ import json
 import sysconfig
 from pathlib import Path
 
-from common import UsageError
+from gptkit.errors import UsageError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".jsonl")
 

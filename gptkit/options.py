@@ -10,9 +10,11 @@ import sys
 import typing
 from pathlib import Path
 
-from common import UsageError
+from gptkit.errors import UsageError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+# The ready configs: config/ of a source checkout, beside this package; an installed wheel holds them in gptkit/config/.
+CONFIG_DIR = next((d for d in (Path(__file__).resolve().parent / "config", Path(__file__).resolve().parent.parent / "config") if d.is_dir()),
+                  Path("config"))
 
 
 def option(default, help, choices=None):
@@ -214,3 +216,10 @@ def set_option(cfg, key, raw):
     value = _convert(key, raw, typing.get_type_hints(type(cfg))[key], fields[key].metadata.get("choices"))
     setattr(cfg, key, value)
     return value
+
+
+def check_rules(values, rules):
+    """Raise a UsageError naming the first option that breaks its rule: rules are (name, ok, "must ...") triples."""
+    for name, ok, rule in rules:
+        if not ok:
+            raise UsageError(f"--{name}={format_value(getattr(values, name))} {rule}")

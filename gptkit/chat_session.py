@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import torch
 
-from common import UsageError
-from data.chat import prompt_for_reply
-from generate import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
+from gptkit.chat_template import prompt_for_reply
+from gptkit.engine import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
+from gptkit.errors import UsageError
 
 
 class ChatSession:

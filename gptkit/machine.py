@@ -5,7 +5,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from options import format_value
+from gptkit.options import format_value
 
 
 def describe_machine(device):

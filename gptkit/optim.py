@@ -1,0 +1,81 @@
+"""The optimizers (AdamW, or Muon for the hidden matrices), the learning-rate schedule, and one optimizer step."""
+import math
+
+import torch
+
+from gptkit.distributed import Distributed
+
+
+def make_optimizers(model, cfg, device):
+    """AdamW for everything, or Muon for the 2-D matrices inside the blocks and AdamW for the rest."""
+    matrices, others_decay, others_plain = [], [], []
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and name.startswith("transformer.h."):
+            matrices.append(p)
+        elif p.dim() == 2:
+            others_decay.append(p)
+        else:
+            others_plain.append(p)  # norms and biases: no decay
+    fused = device.startswith("cuda")
+    adam_groups = [{"params": others_decay, "weight_decay": cfg.weight_decay}, {"params": others_plain, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        adam_groups[0]["params"] = matrices + others_decay
+        optimizers = [torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
+    else:
+        optimizers = [torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
+                      torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(step, cfg):
+    """Linear warmup, then cosine or warmup-stable-decay down to min_lr_frac."""
+    if step < cfg.warmup_iters:
+        return (step + 1) / cfg.warmup_iters
+    if cfg.lr_schedule == "cosine":
+        progress = (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = cfg.max_iters * (1 - cfg.decay_frac)
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start) / max(1, cfg.max_iters - decay_start)
+    return 1.0 - (1 - cfg.min_lr_frac) * min(1.0, progress)
+
+
+def train_step(train_model, model, optimizers, objective, batches, cfg, step, device, autocast, spikes, dist=Distributed()):
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, whether it updated).
+
+    With W processes each runs grad_accum / W of the micro-batches, gradients are averaged across them on the last one,
+    and the loss and token count returned are the global ones, the same on every rank.
+    A step whose loss or gradient is not finite, or whose loss is a spike, changes no weight and no optimizer state.
+    """
+    multiplier = lr_multiplier(step, cfg)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * multiplier
+    loss_sum, tokens = 0.0, 0
+    micro_steps = cfg.grad_accum // dist.world_size
+    for i in range(micro_steps):
+        batch = batches.next_batch()
+        with dist.grad_sync(train_model, i == micro_steps - 1):
+            with autocast:
+                loss, n = objective.loss(train_model, batch, device)
+                loss = loss / micro_steps
+            loss.backward()
+        loss_sum += loss.item()
+        tokens += n
+    if dist.active:
+        loss_sum, tokens = dist.sum(loss_sum, tokens)
+        loss_sum, tokens = loss_sum / dist.world_size, int(tokens)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = dist.full_value(grad_norm).item()
+    update = math.isfinite(loss_sum) and math.isfinite(grad_norm) and not spikes.is_spike(loss_sum)
+    if update:
+        for opt in optimizers:
+            opt.step()
+        spikes.update(loss_sum)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, tokens, update

@@ -1,0 +1,117 @@
+"""train.py's options (TrainConfig), their checks, and the model configuration they describe."""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from gptkit.errors import UsageError
+from gptkit.model import PRESETS, GPTConfig
+from gptkit.options import check_choices, option
+from gptkit.tokenizer import TOKENIZER_KINDS
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = option("out", "folder for checkpoints (last.pt, best.pt) and metrics.jsonl")
+    # data
+    data_dir: str = option("", "a folder prepared by data/prepare.py; empty: prepare the source below into prepared/")
+    data_path: str = option("", "a text file, folder or glob to train on (empty, with no --dataset: the built-in corpus)")
+    dataset: str = option("", "a Hugging Face dataset name to train on, read through `datasets`")
+    text_field: str = option("text", "the text field of .jsonl files and datasets")
+    tokenizer: str = option("bpe", "tokenizer used when preparing data", TOKENIZER_KINDS)
+    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer")
+    val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing")
+    # fine-tuning
+    init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt), a Hugging Face GPT-2 folder, "
+                                "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl): its model, weights and tokenizer")
+    chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` (data/synthetic_chat.py)")
+    chat_dataset: str = option("", "fine-tune on a Hugging Face dataset with a `messages` column")
+    chat_split: str = option("train", "the split of --chat_dataset")
+    demo_conversations: int = option(20000, "conversations generated for --chat_data=demo")
+    eval_chat: int = option(0, "at the end, reply to this many held-out conversations and print the exact-match accuracy (0: off)")
+    # model
+    preset: str = option("modern", "architecture preset", tuple(PRESETS))
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads")
+    n_embd: int = option(256, "width of the residual stream")
+    block_size: int = option(256, "context length in tokens")
+    dropout: float = option(0.0, "dropout probability")
+    pos_encoding: Optional[str] = option(None, "override the preset's position encoding", (None, "learned", "sinusoidal", "rope"))
+    # optimisation
+    optimizer: str = option("adamw", "adamw for everything, or muon for the hidden matrices (AdamW for the rest)", ("adamw", "muon"))
+    batch_size: int = option(16, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_iters: int = option(2000, "optimizer steps")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    muon_lr: float = option(0.02, "peak Muon learning rate (with --optimizer=muon)")
+    weight_decay: float = option(0.1, "decoupled weight decay of the matrices")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
+    warmup_iters: int = option(100, "steps of linear learning-rate warmup")
+    lr_schedule: str = option("cosine", "after warmup: cosine decay, or warmup-stable-decay", ("cosine", "wsd"))
+    decay_frac: float = option(0.2, "wsd: the final fraction of steps that decays the learning rate")
+    min_lr_frac: float = option(0.1, "the learning rate ends at this fraction of its peak")
+    # evaluation, logging, sampling
+    eval_interval: int = option(250, "evaluate and checkpoint every this many steps")
+    eval_tokens: int = option(65536, "validation tokens scored per evaluation (0: the whole split)")
+    log_interval: int = option(10, "print training metrics every this many steps")
+    sample_prompt: str = option("", "prompt of the sample printed at the end (empty: start a new document)")
+    sample_tokens: int = option(200, "tokens in the final sample (0: none)")
+    wandb: bool = option(False, "log metrics to Weights & Biases (WANDB_MODE=offline works without an account)")
+    wandb_project: str = option("gptkit", "wandb project")
+    wandb_run_name: str = option("", "wandb run name (default: the out_dir name)")
+    # system
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto: bfloat16 autocast on CUDA, float32 elsewhere", ("auto", "float32", "bfloat16"))
+    compile: bool = option(False, "torch.compile the model")
+    parallel: str = option("auto", "several processes (under torchrun): auto (ddp when torchrun starts more than one), "
+                                   "ddp (DistributedDataParallel) or fsdp (FSDP2, parameters sharded)", ("auto", "ddp", "fsdp"))
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, more compute")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    seed: int = option(1337, "random seed")
+    resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it",
+                         ("auto", "true", "false"))
+    keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest")
+    max_bad_steps: int = option(5, "stop after this many skipped steps in a row (non-finite loss or gradient, or a loss spike)")
+    loss_spike: float = option(0.0, "skip the update of a step whose loss is this many standard deviations above the recent mean (0: off)")
+
+
+def check_config(cfg):
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "log_interval", "keep_last", "max_bad_steps"):
+        if getattr(cfg, key) <= 0:
+            raise UsageError(f"--{key}={getattr(cfg, key)} must be positive")
+    if cfg.max_iters < 0 or cfg.warmup_iters < 0:
+        raise UsageError("--max_iters and --warmup_iters must not be negative")
+    if cfg.loss_spike < 0:
+        raise UsageError(f"--loss_spike={cfg.loss_spike} must not be negative (0: off)")
+    if not 0 <= cfg.dropout < 1:
+        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    check_choices(cfg)
+
+
+def model_config(cfg, vocab_size):
+    sizes = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                 vocab_size=math.ceil(vocab_size / 64) * 64, dropout=cfg.dropout)  # padded: faster matmuls
+    try:
+        config = GPTConfig.from_preset(cfg.preset, **sizes)
+        if cfg.pos_encoding:
+            config = GPTConfig(**{**vars(config), "pos_encoding": cfg.pos_encoding})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return config
+
+
+def fine_tune_config(cfg, init):
+    """The checkpoint's model, with this run's context length and dropout (positions beyond a learned table cannot exist)."""
+    config = GPTConfig.from_dict({**init["model_config"], "block_size": cfg.block_size, "dropout": cfg.dropout})
+    trained = init["model_config"]["block_size"]
+    if config.pos_encoding == "learned" and cfg.block_size > trained:
+        raise UsageError(f"--block_size={cfg.block_size} is longer than the {trained} positions {init['path']} learned; use --block_size={trained} or less")
+    if cfg.block_size != trained:
+        print(f"note: context length {trained} -> {cfg.block_size} (--block_size)")
+    return config
+
+
+def describe(config):
+    return f"{config.n_layer} layers x {config.n_embd} wide, {config.pos_encoding} positions, context {config.block_size}"
+
