@@ -56,7 +56,7 @@ class ChatConfig(SamplingOptions):
     verbose: bool = option(False, "print the prefill and speed figures of every reply")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
-    temperature: float = option(0.3, "0 picks the most likely token; higher is more random")
+    temperature: float = option(0.3, "0 picks the most likely token; higher is more random", bounds=">=0")
 
 
 class Terminal:
@@ -301,7 +301,7 @@ def json_message(line):
         message = json.loads(line)
     except ValueError:
         return None
-    if isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role", "user") in ("user", "system"):
+    if isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role", "user") in ("user", "system", "assistant"):
         return message.get("role", "user"), message["content"]
     return None
 
@@ -315,6 +315,8 @@ def run(repl, source, interactive):
             role, content = message
             if role == "system":
                 repl.cmd_system(content or "-")
+            elif role == "assistant":
+                repl.term.note("[a piped message with role \"assistant\" was skipped: the model writes the replies; send user or system messages]")
             else:
                 repl.user_turn(content)
         elif line.startswith("/"):

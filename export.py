@@ -13,7 +13,7 @@ import torch
 
 from gptkit.checkpoint import BEST, LAST, build_model
 from gptkit.errors import UsageError, run_cli
-from gptkit.files import atomic_write
+from gptkit.files import atomic_write, check_output
 from gptkit.hf import CONFIG_FILE, EXPORTED_TOKENIZER_FILE, gptkit_config, hf_config, is_hf_gpt2_layout, to_hf_state
 from gptkit.loading import load_any_checkpoint
 from gptkit.model import PRESETS
@@ -58,7 +58,7 @@ def export(ckpt_spec, out_dir):
     """Write the checkpoint's model as a folder in out_dir; return the layout written: "gpt2" or "gptkit"."""
     from safetensors.torch import save
 
-    out_dir = Path(out_dir)
+    out_dir = check_output(out_dir, "out_dir", folder=True)
     if any((out_dir / name).is_file() for name in (BEST, LAST)):
         raise UsageError(f"{out_dir}/ holds training checkpoints ({BEST}/{LAST}); export into another folder")
     ckpt = load_any_checkpoint(ckpt_spec)
@@ -87,8 +87,6 @@ def export(ckpt_spec, out_dir):
 
 def main():
     cfg = parse_options(ExportConfig, description=__doc__, positional=None)
-    if not cfg.out_dir:
-        raise UsageError("--out_dir must name the folder to write")
     export(cfg.ckpt, cfg.out_dir)
 
 

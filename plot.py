@@ -7,6 +7,7 @@ Several runs share the figure, one colour each, labelled with their folder names
 from dataclasses import dataclass
 
 from gptkit.errors import UsageError, run_cli
+from gptkit.files import check_output
 from gptkit.options import option, parse_options
 from gptkit.plotting import INSTALL_HINT, plot_runs
 
@@ -19,6 +20,7 @@ class PlotConfig:
 
 def main():
     cfg = parse_options(PlotConfig, description=__doc__, positional="runs")
+    check_output(cfg.out, "out")
     try:
         runs = plot_runs(cfg.runs, cfg.out)
     except ImportError:

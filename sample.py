@@ -4,7 +4,6 @@ Sampling (temperature, top_k, top_p, min_p, repetition_penalty, stop strings) or
 """
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -12,6 +11,7 @@ from gptkit.checkpoint import build_model
 from gptkit.devices import pick_device
 from gptkit.engine import SamplingOptions, beam_search, check_sampling, generate, sampling_kwargs, stop_strings, stream_text
 from gptkit.errors import UsageError, run_cli
+from gptkit.files import require_file
 from gptkit.loading import load_any_checkpoint
 from gptkit.options import option, parse_options
 from gptkit.precision import DTYPES, for_generation
@@ -24,8 +24,9 @@ class SampleConfig(SamplingOptions):
                               "or one export.py wrote, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     prompt: str = option("", "text to continue (empty: start a new document)")
     prompt_file: str = option("", "read the prompt from this UTF-8 file instead")
-    num_samples: int = option(1, "how many completions to print")
-    beam_size: int = option(0, "beam search with this many beams instead of sampling: deterministic, length-normalised (0: sample)")
+    num_samples: int = option(1, "how many completions to print", bounds="[1, 100000]")
+    beam_size: int = option(0, "beam search with this many beams instead of sampling: deterministic, length-normalised (0: sample)",
+                            bounds="[0, 1024]")
     length_penalty: float = option(1.0, "beam search ranks by log-probability / length**length_penalty (0: raw log-probability)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
@@ -34,9 +35,7 @@ class SampleConfig(SamplingOptions):
 def read_prompt(cfg):
     if not cfg.prompt_file:
         return cfg.prompt
-    path = Path(cfg.prompt_file)
-    if not path.is_file():
-        raise UsageError(f"--prompt_file={path} does not exist")
+    path = require_file(cfg.prompt_file, "--prompt_file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -56,14 +55,12 @@ def completions(model, tokenizer, prompt_ids, cfg, index):
 def main():
     cfg = parse_options(SampleConfig, description=__doc__, positional=None)
     check_sampling(cfg)
-    if cfg.num_samples < 1 or cfg.beam_size < 0:
-        raise UsageError("--num_samples must be at least 1 and --beam_size must not be negative")
     if cfg.beam_size and cfg.num_samples > 1:
         raise UsageError("beam search is deterministic: use --num_samples=1 with --beam_size")
+    prompt = read_prompt(cfg)  # before the model loads: a bad path costs no wait
     device = pick_device(cfg.device)
     model, tokenizer = build_model(load_any_checkpoint(cfg.ckpt), device)
     for_generation(model, cfg.dtype, device)
-    prompt = read_prompt(cfg)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:

@@ -3,7 +3,6 @@
 With no arguments it runs config/default.py: prepares the built-in corpus (Python's standard library) if needed,
 trains a small model, evaluates it, saves checkpoints under out/ and prints a sample.
 """
-import math
 import os
 import signal
 import sys
@@ -16,7 +15,8 @@ import torch
 from gptkit.checkpoint import BEST, LAST, load_checkpoint, make_checkpoint, save_rotating, write_checkpoint
 from gptkit.devices import autocast_for, pick_device
 from gptkit.distributed import Distributed, checkpoint_activations, launched_world_size
-from gptkit.errors import UsageError, run_cli
+from gptkit.errors import UsageError, first_line, run_cli
+from gptkit.files import clean_temporaries
 from gptkit.loading import load_any_checkpoint
 from gptkit.metrics import MetricsLog, Throughput, format_seconds, peak_flops
 from gptkit.model import GPT, GPTConfig
@@ -99,9 +99,14 @@ def set_up(cfg, dist, device, config, init, objective):
     state = RunState(spikes=SpikeGuard(cfg.loss_spike))
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main and (removed := clean_temporaries(out_dir)):
+        print(f"note: removed {removed} temporary file(s) an interrupted save left in {out_dir}/")
     resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
     if resumed:
-        resume(out_dir / LAST, config, model, optimizers, objective, state, dist)
+        resume(out_dir / LAST, cfg, config, model, optimizers, objective, state, dist)
+    elif cfg.resume == "auto" and (saved := sorted(p.name for p in (out_dir / BEST, *out_dir.glob("ckpt_*.pt")) if p.is_file())):
+        raise UsageError(f"{out_dir}/ holds {', '.join(saved)} but no {LAST} to resume from, and starting over would replace them; "
+                         f"start over anyway with --resume=false, or use another --out_dir")
     train_model, eval_model = dist.wrap(model, cfg.compile)
     return Run(config, model, train_model, eval_model, optimizers, dist.train_batches(objective.train_batches), objective, state, resumed,
                n_params, flops_per_token, chat_tuned=objective.chat_tuned or bool(init and init["chat_tuned"]))
@@ -114,14 +119,24 @@ def load_initial_weights(model, init):
     model.load_state_dict(state)
 
 
-def resume(path, config, model, optimizers, objective, state, dist=Distributed()):
+def resume(path, cfg, config, model, optimizers, objective, state, dist=Distributed()):
     ckpt = load_checkpoint(path)
+    ways_out = "resume with the same settings, start over with --resume=false, or use another --out_dir"
     if ckpt["model_config"] != vars(config):
         changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
-        raise UsageError(f"{path} was trained with a different model ({', '.join(changed)} differ); use the same settings or a new --out_dir")
+        raise UsageError(f"{path} was trained with a different model ({', '.join(changed)} differ); {ways_out}")
     if ckpt["tokenizer"] != objective.tokenizer.to_json():
-        raise UsageError(f"{path} was trained with a different tokenizer than the data's; use the data it was trained on or a new --out_dir")
-    dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
+        raise UsageError(f"{path} was trained with a different tokenizer than the data's; {ways_out}")
+    saved_optimizer = (ckpt["train_config"] or {}).get("optimizer", cfg.optimizer)
+    if saved_optimizer != cfg.optimizer or len(ckpt["optimizers"]) != len(optimizers):
+        raise UsageError(f"{path} was trained with --optimizer={saved_optimizer}, this run asks for --optimizer={cfg.optimizer}; {ways_out}")
+    if ckpt["step"] > cfg.max_iters:
+        raise UsageError(f"{path} is at step {ckpt['step']}, past --max_iters={cfg.max_iters}: nothing to train; raise --max_iters to "
+                         "train further, or start over with --resume=false")
+    try:
+        dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
+    except (ValueError, KeyError, RuntimeError) as e:  # optimizer states that do not fit these parameter groups
+        raise UsageError(f"{path}: its optimizer state does not fit this run ({first_line(e)}); {ways_out}") from None
     state.load_state_dict(ckpt, objective)
     print(f"resuming from {path} at step {ckpt['step']} (--resume=false starts over)")
 
@@ -158,18 +173,16 @@ def loop(cfg, run, dist, device, autocast):
                 break
 
             # 2. one optimizer step
-            loss, grad_norm, step_tokens, updated = train_step(run.train_model, run.model, run.optimizers, run.objective, run.train_batches,
-                                                               cfg, state.step, device, autocast, state.spikes, dist)
+            loss, grad_norm, step_tokens, why = train_step(run.train_model, run.model, run.optimizers, run.objective, run.train_batches,
+                                                           cfg, state.step, device, autocast, state.spikes, dist)
             state.step += 1
             state.tokens_seen += step_tokens
             throughput.add(step_tokens)
-            if updated:
+            if why is None:
                 bad_in_a_row = 0
             else:
                 state.skipped_steps += 1
                 bad_in_a_row += 1
-                why = (f"a loss spike ({loss:.4f}, recent mean {state.spikes.mean:.4f})" if math.isfinite(loss) and math.isfinite(grad_norm)
-                       else f"a non-finite loss ({loss:.4g}) or gradient norm ({grad_norm:.4g})")
                 print(f"step {state.step}: {why}; update skipped ({state.skipped_steps} so far)", flush=True)
                 if bad_in_a_row >= cfg.max_bad_steps:
                     raise UsageError(f"training diverged: {bad_in_a_row} steps in a row were skipped ({why}); "

@@ -7,24 +7,23 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gptkit.demo_chat import CONVERSATION_KINDS, make_conversations
-from gptkit.errors import UsageError, run_cli
-from gptkit.files import atomic_write
+from gptkit.errors import run_cli
+from gptkit.files import atomic_write, check_output
 from gptkit.options import option, parse_options
 
 
 @dataclass
 class SyntheticChatConfig:
     out: str = option("chat.jsonl", "the JSONL file to write, one conversation per line")
-    n: int = option(1000, "how many conversations to write")
-    seed: int = option(0, "random seed: the same seed writes the same conversations")
+    n: int = option(1000, "how many conversations to write", bounds="[1, 100000000]")
+    seed: int = option(0, "random seed: the same seed writes the same conversations", bounds="[0, 9223372036854775807]")
     kinds: list[str] = option(list(CONVERSATION_KINDS), f"conversation kinds, cycled evenly; any of {', '.join(CONVERSATION_KINDS)} "
                                                          "(one listed twice gets twice the share)")
 
 
 def main():
     cfg = parse_options(SyntheticChatConfig, description=__doc__, positional=None)
-    if cfg.n < 1:
-        raise UsageError(f"--n={cfg.n} must be at least 1")
+    check_output(cfg.out, "out")
     conversations = make_conversations(cfg.n, cfg.seed, cfg.kinds)
     with atomic_write(cfg.out, "wb") as f:
         for conversation in conversations:

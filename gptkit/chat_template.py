@@ -61,7 +61,8 @@ def read_conversations(path):
     """The conversations of a JSONL file: one {"messages": [...]} object per line (extra fields are kept)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"conversation file {path} does not exist; give a .jsonl file with one {{\"messages\": [...]}} per line")
+        detail = "is a folder" if path.is_dir() else "does not exist"
+        raise UsageError(f"conversation file {path} {detail}; give a .jsonl file with one {{\"messages\": [...]}} per line")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

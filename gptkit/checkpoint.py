@@ -4,10 +4,12 @@ A checkpoint is a dict of plain data and tensors. Loading uses torch.load(weight
 object that is not a tensor or plain data, so a checkpoint can never run code. Files written by older versions are
 upgraded on load (upgrade()), one version at a time.
 """
+import dataclasses
 import hashlib
 import os
 import pickle
 import shutil
+import typing
 from pathlib import Path
 
 import torch
@@ -119,6 +121,7 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UsageError(f"{path} was written by a newer version of the toolkit (format {version}); update the code")
     check_fields(ckpt, path)
+    model_config_from(ckpt["model_config"], path)
     if weights_digest(ckpt["model"]) != ckpt.get("weights_sha256"):
         raise UsageError(f"{path} is corrupted: its weights do not match the checksum saved with them")
     ckpt = upgrade(ckpt)
@@ -133,6 +136,26 @@ def check_fields(ckpt, path):
         if expected is not None and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in _types(expected))):
             names = " or ".join("none" if t is type(None) else t.__name__ for t in _types(expected))
             raise UsageError(f"{path}: field {key!r} is a {type(value).__name__}, expected {names}; the file is damaged or not from this toolkit")
+
+
+def model_config_from(saved, where):
+    """The GPTConfig a saved dict describes, every field of the right type; otherwise one line naming the file and the field."""
+    hints = typing.get_type_hints(GPTConfig)
+    for f in dataclasses.fields(GPTConfig):
+        if f.name not in saved:
+            continue
+        value, tp = saved[f.name], hints[f.name]
+        ok = isinstance(value, bool) if tp is bool else (
+            not isinstance(value, bool) and (isinstance(value, tp) or (tp is float and isinstance(value, int))))
+        if ok and tp is int and value <= 0:
+            ok = False
+        if not ok:
+            raise UsageError(f"{where}: model setting {f.name!r} is {value!r}, expected {'a positive int' if tp is int else tp.__name__}; "
+                             "the file is damaged or not from this toolkit")
+    try:
+        return GPTConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{where} has an invalid model config: {e}") from None
 
 
 def _types(expected):
@@ -153,10 +176,7 @@ def upgrade(ckpt):
 
 def build_model(ckpt, device="cpu"):
     """The model and tokenizer a loaded checkpoint describes, weights in place, in eval mode."""
-    try:
-        config = GPTConfig.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{ckpt['path']} has an invalid model config: {e}") from None
+    config = model_config_from(ckpt["model_config"], ckpt["path"])
     model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])

@@ -7,16 +7,20 @@ from gptkit.errors import UsageError
 
 
 def pick_device(name="auto"):
-    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device={name} but no CUDA GPU is available; use --device=cpu or --device=auto")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; a named device must exist here."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UsageError(f"--device={name}: expected auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device={name} but no CUDA GPU is available; use --device=cpu or --device=auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UsageError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...); pick one of those")
+    if kind == "mps" and not mps:
+        raise UsageError(f"--device={name} but Apple's MPS is not available here; use --device=cpu or --device=auto")
+    return name
 
 
 def autocast_for(dtype, device):

@@ -10,34 +10,27 @@ from typing import Optional
 import torch
 
 from gptkit.model import KVCache
-from gptkit.options import check_rules, option
+from gptkit.options import check_values, option
 
 # -- sampling options and filters -----------------------------------------------------------------------------------------
 
 @dataclass
 class SamplingOptions:
     """How the next token is picked; sample.py and chat.py take these as --key=value (chat.py also as /set KEY VALUE)."""
-    temperature: float = option(0.8, "0 picks the most likely token; higher is more random")
-    top_k: Optional[int] = option(50, "sample only among the k most likely tokens (none: all)")
-    top_p: float = option(1.0, "sample only from the smallest set of tokens whose probabilities add up to p (1: off)")
-    min_p: float = option(0.0, "drop tokens less likely than min_p times the most likely one (0: off)")
-    repetition_penalty: float = option(1.0, "make tokens seen in the last repetition_window tokens less likely (1: off)")
-    repetition_window: int = option(64, "how many recent tokens the repetition penalty looks at")
-    max_new_tokens: int = option(200, "the most tokens to generate per reply")
+    temperature: float = option(0.8, "0 picks the most likely token; higher is more random", bounds=">=0")
+    top_k: Optional[int] = option(50, "sample only among the k most likely tokens (none: all)", bounds=">=1")
+    top_p: float = option(1.0, "sample only from the smallest set of tokens whose probabilities add up to p (1: off)", bounds="(0, 1]")
+    min_p: float = option(0.0, "drop tokens less likely than min_p times the most likely one (0: off)", bounds="[0, 1)")
+    repetition_penalty: float = option(1.0, "make tokens seen in the last repetition_window tokens less likely (1: off)", bounds=">0")
+    repetition_window: int = option(64, "how many recent tokens the repetition penalty looks at", bounds=">=0")
+    max_new_tokens: int = option(200, "the most tokens to generate per reply", bounds="[0, 100000000]")
     stop: list[str] = option([], "also stop when the text contains one of these strings (comma-separated; \\n is a newline)")
-    seed: Optional[int] = option(1337, "random seed (none: different every run)")
+    seed: Optional[int] = option(1337, "random seed (none: different every run)", bounds="[0, 9223372036854775807]")
 
 
 def check_sampling(opts):
-    """Raise a UsageError naming the first sampling option out of range."""
-    checks = [("temperature", opts.temperature >= 0, "must not be negative"),
-              ("top_k", opts.top_k is None or opts.top_k >= 1, "must be at least 1 (or none)"),
-              ("top_p", 0 < opts.top_p <= 1, "must be in (0, 1]"),
-              ("min_p", 0 <= opts.min_p < 1, "must be in [0, 1)"),
-              ("repetition_penalty", opts.repetition_penalty > 0, "must be positive (1: off)"),
-              ("repetition_window", opts.repetition_window >= 0, "must not be negative"),
-              ("max_new_tokens", opts.max_new_tokens >= 0, "must not be negative")]
-    check_rules(opts, checks)
+    """Raise a UsageError naming the first sampling option out of its bounds (for options built in code)."""
+    check_values(opts)
 
 
 def sampling_options(cfg):

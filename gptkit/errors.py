@@ -23,6 +23,14 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        print("error: out of memory; use a smaller model, --batch_size or --block_size", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:  # torch reports a failed allocation (CPU or GPU) as a RuntimeError or its OutOfMemoryError subclass
+        if type(e).__name__ != "OutOfMemoryError" and "allocate" not in str(e):
+            raise
+        print(f"error: out of memory ({first_line(e, 120)}); use a smaller model, --batch_size or --block_size", file=sys.stderr)
+        sys.exit(2)
     except BrokenPipeError:  # the reader left (`... | head`): nothing to report, and nothing more to flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

@@ -16,7 +16,7 @@ from gptkit.distributed import Distributed
 from gptkit.errors import UsageError
 from gptkit.loader import sequential_windows
 from gptkit.loading import load_any_checkpoint
-from gptkit.options import option
+from gptkit.options import check_values, option
 from gptkit.shards import TOKENIZER_FILE, load_split, read_meta
 from gptkit.tokenizer import Tokenizer
 
@@ -50,9 +50,9 @@ class EvalConfig:
     ckpt: str = option("out", "a checkpoint file or folder, a Hugging Face GPT-2 folder, or a hub name like gpt2")
     data: str = option("", "a UTF-8 text file, or a folder prepared by data/prepare.py with the checkpoint's tokenizer")
     split: str = option("val", "the split of a prepared folder", ("train", "val"))
-    block_size: int = option(0, "tokens per window, at most the model's context (0: the model's context)")
-    batch_size: int = option(8, "windows per forward pass")
-    max_tokens: int = option(0, "score at most this many tokens (0: all)")
+    block_size: int = option(0, "tokens per window, at most the model's context (0: the model's context)", bounds="[0, 1048576]")
+    batch_size: int = option(8, "windows per forward pass", bounds="[1, 1048576]")
+    max_tokens: int = option(0, "score at most this many tokens (0: all)", bounds=">=0")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto: bfloat16 autocast on CUDA, float32 elsewhere", ("auto", "float32", "bfloat16"))
     json: bool = option(False, "print one JSON object instead of the summary line")
@@ -127,13 +127,9 @@ def counted(batches, byte_lengths, counts):
 
 
 def check(cfg):
+    check_values(cfg)
     if not cfg.data:
         raise UsageError("--data is required: a text file, or a folder prepared by data/prepare.py")
-    for key in ("block_size", "max_tokens"):
-        if getattr(cfg, key) < 0:
-            raise UsageError(f"--{key}={getattr(cfg, key)} must not be negative (0: {'the model' if key == 'block_size' else 'no limit'})")
-    if cfg.batch_size <= 0:
-        raise UsageError(f"--batch_size={cfg.batch_size} must be positive")
 
 
 def evaluate_checkpoint(cfg):

@@ -1,10 +1,17 @@
-"""The one way the toolkit writes a file: atomically, so a crash leaves the old file or the new one, never half."""
+"""Files in and out: the one way the toolkit writes a file (atomically, so a crash leaves the old file or the new one,
+never half), and the checks that a path given on the command line is what it must be, made before any work starts."""
 import errno
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from gptkit.errors import UsageError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The source checkout this package runs from, if any: no run writes its outputs into it (or into the package).
+CHECKOUT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
+TEMPORARY = re.compile(r"^\..+\.(tmp|link)(\d+)$")  # what atomic_write and save_rotating leave if killed mid-write
 
 
 @contextmanager
@@ -26,6 +33,10 @@ def atomic_write(path, mode="wb"):
         if e.errno == errno.ENOSPC:
             raise UsageError(f"out of disk space while writing {path}; the previous file is intact, free some space and run again") from e
         raise
+    except RuntimeError as e:  # torch's zip writer reports a full disk (or any failed write) as a RuntimeError
+        if "write" not in str(e).lower():
+            raise
+        raise UsageError(f"writing {path} failed (is the disk full?); the previous file is intact, free some space and run again") from e
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
@@ -33,3 +44,59 @@ def atomic_write(path, mode="wb"):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def clean_temporaries(folder):
+    """Delete what interrupted writes left in `folder` (.NAME.tmpPID, .last.pt.linkPID) when that process is gone; returns how many."""
+    removed = 0
+    for path in Path(folder).glob(".*"):
+        match = TEMPORARY.match(path.name)
+        if match and path.is_file() and not _running(int(match.group(2))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(pid):
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (PermissionError: it does, as another user's)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def require_file(path, what):
+    """A file that must exist: one line that says whether it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist")
+    return path
+
+
+def check_output(path, option, folder=False):
+    """Refuse, before any work, an output path that cannot be written: empty, the wrong kind, in the source tree,
+    or under something that is not a writable folder. Creates nothing."""
+    text = str(path)
+    if not text.strip():
+        raise UsageError(f"--{option} is empty; name the {'folder' if folder else 'file'} to write")
+    path = Path(text).expanduser()
+    if folder and path.is_file():
+        raise UsageError(f"--{option}={text} is a file; name a folder (new or existing)")
+    if not folder and path.is_dir():
+        raise UsageError(f"--{option}={text} is a folder; name a file to write")
+    resolved = path.resolve()
+    if resolved in (CHECKOUT, PACKAGE_DIR) or PACKAGE_DIR in resolved.parents:
+        raise UsageError(f"--{option}={text} is in the source tree; write outputs elsewhere, e.g. --{option}=out")
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir() and existing != resolved:
+        raise UsageError(f"--{option}={text}: {existing} is a file, so nothing can be created under it")
+    folder_to_write = existing if existing.is_dir() else existing.parent
+    if not os.access(folder_to_write, os.W_OK | os.X_OK):
+        raise UsageError(f"--{option}={text}: {folder_to_write} is not writable")
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import BEST, FORMAT_VERSION, LAST, make_checkpoint
+from gptkit.checkpoint import BEST, FORMAT_VERSION, LAST, make_checkpoint, model_config_from
 from gptkit.errors import UsageError, first_line
 from gptkit.model import GPT, GPT2_SIZES, PRESETS, GPTConfig
 from gptkit.tokenizer import Tokenizer, gpt2_tokenizer
@@ -209,10 +209,7 @@ def read_pretrained(spec):
     folder, where = locate(spec)
     meta = read_config(folder)
     if meta.get("model_type") == "gptkit":
-        try:
-            config = GPTConfig.from_dict(meta)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"{where}: config.json holds an invalid gptkit model config ({e})") from None
+        config = model_config_from(meta, f"{where}/{CONFIG_FILE}")
         state = {k: v.float().contiguous() for k, v in read_weights(folder).items()}
     else:
         config = config_from_hf(meta, where)

@@ -1,5 +1,6 @@
 """What a run reports: metrics.jsonl beside the checkpoints, wandb when asked, MFU on known GPUs, durations."""
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,8 +43,9 @@ class MetricsLog:
     def write(self, record):
         if not self.enabled:
             return
+        record = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}  # NaN is not JSON
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.wandb:
             self.wandb.log({k: v for k, v in record.items() if k != "iter"}, step=record["iter"])
 

@@ -70,13 +70,14 @@ class NextToken:
 def pretraining_objective(cfg, dist=Distributed()):
     data_dir = prepared_data(cfg, dist)
     meta = read_meta(data_dir)
-    if meta["tokenizer"] != cfg.tokenizer:
-        print(f"note: {data_dir} was prepared with the {meta['tokenizer']} tokenizer, which this run uses (--tokenizer applies when preparing)")
+    kind = meta.get("tokenizer", "its own")
+    if kind != cfg.tokenizer:
+        print(f"note: {data_dir} was prepared with the {kind} tokenizer, which this run uses (--tokenizer applies when preparing)")
     tokenizer = Tokenizer.from_json((data_dir / TOKENIZER_FILE).read_text())
     val_arrays = load_split(data_dir, "val")
     return NextToken(tokenizer, RandomWindows(load_split(data_dir, "train"), cfg.batch_size, cfg.block_size, cfg.seed),
                      lambda: sequential_windows(val_arrays, cfg.batch_size, cfg.block_size, cfg.eval_tokens),
-                     f"{data_dir} ({meta['splits']['train']['tokens']:,} train tokens, {meta['tokenizer']} tokenizer, {tokenizer.n_vocab} ids)")
+                     f"{data_dir} ({meta['splits']['train']['tokens']:,} train tokens, {kind} tokenizer, {tokenizer.n_vocab} ids)")
 
 
 def prepared_data(cfg, dist=Distributed()):

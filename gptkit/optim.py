@@ -45,11 +45,12 @@ def lr_multiplier(step, cfg):
 
 
 def train_step(train_model, model, optimizers, objective, batches, cfg, step, device, autocast, spikes, dist=Distributed()):
-    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, whether it updated).
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, why it was skipped or None).
 
     With W processes each runs grad_accum / W of the micro-batches, gradients are averaged across them on the last one,
     and the loss and token count returned are the global ones, the same on every rank.
-    A step whose loss or gradient is not finite, or whose loss is a spike, changes no weight and no optimizer state.
+    A step whose loss or gradient is not finite, whose loss is a spike, or whose update would make a weight non-finite
+    changes no weight and no optimizer state.
     """
     multiplier = lr_multiplier(step, cfg)
     for opt in optimizers:
@@ -71,11 +72,43 @@ def train_step(train_model, model, optimizers, objective, batches, cfg, step, de
         loss_sum, tokens = loss_sum / dist.world_size, int(tokens)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     grad_norm = dist.full_value(grad_norm).item()
-    update = math.isfinite(loss_sum) and math.isfinite(grad_norm) and not spikes.is_spike(loss_sum)
-    if update:
+    skipped = None
+    if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+        skipped = f"a non-finite loss ({loss_sum:.4g}) or gradient norm ({grad_norm:.4g})"
+    elif spikes.is_spike(loss_sum):
+        skipped = f"a loss spike ({loss_sum:.4f}, recent mean {spikes.mean:.4f})"
+    else:
+        before = snapshot(model, optimizers)
         for opt in optimizers:
             opt.step()
-        spikes.update(loss_sum)
+        if dist.any(not weights_finite(model)):  # the update overflowed (a learning rate far too high)
+            restore(model, optimizers, before)
+            skipped = "an update that made weights non-finite"
+        else:
+            spikes.update(loss_sum)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm, tokens, update
+    return loss_sum, grad_norm, tokens, skipped
+
+
+def snapshot(model, optimizers):
+    """Copies of the weights and the optimizer states, to undo a step."""
+    weights = [p.detach().clone() for p in model.parameters()]
+    states = [{p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()} for p, state in opt.state.items()} for opt in optimizers]
+    return weights, states
+
+
+@torch.no_grad()
+def restore(model, optimizers, saved):
+    weights, states = saved
+    for p, w in zip(model.parameters(), weights):
+        p.copy_(w)
+    for opt, state in zip(optimizers, states):
+        opt.state.clear()
+        opt.state.update(state)
+
+
+def weights_finite(model):
+    """Whether every weight of this process (its shards, under FSDP) is finite: one device sync."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return bool(torch.stack([torch.isfinite(p).all() for p in local]).all())

@@ -6,6 +6,7 @@ and nothing in them is executed.
 import ast
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from pathlib import Path
@@ -17,12 +18,50 @@ CONFIG_DIR = next((d for d in (Path(__file__).resolve().parent / "config", Path(
                   Path("config"))
 
 
-def option(default, help, choices=None):
-    """A dataclass field with its --help text and, optionally, the values it accepts."""
-    meta = {"help": help, "choices": choices}
+def option(default, help, choices=None, bounds=None):
+    """A dataclass field with its --help text and, optionally, the values it accepts.
+
+    bounds: the range a number must lie in, written as in mathematics: ">0", ">=1", "[0, 1)", "(0, 1]", "[1, 65536]".
+    A float must be finite whatever its bounds; None (for an Optional option) is always allowed.
+    """
+    meta = {"help": help, "choices": choices, "bounds": Bounds.parse(bounds) if bounds else None}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+class Bounds:
+    """A number's allowed range: low and high ends, each included or not (None: no end)."""
+
+    def __init__(self, text, low=None, low_in=True, high=None, high_in=True):
+        self.text, self.low, self.low_in, self.high, self.high_in = text, low, low_in, high, high_in
+
+    @classmethod
+    def parse(cls, text):
+        t = text.replace(" ", "")
+        if t[0] in "[(" and t[-1] in "])":
+            low, high = t[1:-1].split(",")
+            return cls(text, float(low), t[0] == "[", float(high), t[-1] == "]")
+        for op in (">=", "<=", ">", "<"):
+            if t.startswith(op):
+                value = float(t[len(op):])
+                return cls(text, low=value, low_in=op == ">=") if op[0] == ">" else cls(text, high=value, high_in=op == "<=")
+        raise ValueError(f"bounds {text!r}: write them as >0, >=1, <=1, [0, 1) or (0, 1]")
+
+    def __contains__(self, x):
+        above = self.low is None or (x >= self.low if self.low_in else x > self.low)
+        below = self.high is None or (x <= self.high if self.high_in else x < self.high)
+        return above and below
+
+    def rule(self):
+        """What the value must do, as help and errors say it: 'be positive', 'not be negative', 'be in [0, 1)'."""
+        t = self.text.replace(" ", "")
+        if t[0] in "[(":
+            return f"be in {self.text}"
+        if t in (">0", ">=0"):
+            return "be positive" if t == ">0" else "not be negative"
+        op, value = (t[:2], t[2:]) if t[1] == "=" else (t[:1], t[1:])
+        return {">=": "be at least", ">": "be greater than", "<=": "be at most", "<": "be less than"}[op] + f" {value}"
 
 
 def parse_options(cls, argv=None, *, description, positional="config", default_config=None):
@@ -50,11 +89,11 @@ def parse_options(cls, argv=None, *, description, positional="config", default_c
                 if types[key] is not bool:
                     raise UsageError(f"--{key} needs a value: --{key}=VALUE (see --help)")
                 raw = "true"
-            values[key] = _convert(key, raw, types[key], fields[key].metadata.get("choices"))
+            values[key] = _convert(key, raw, types[key], fields[key].metadata.get("choices"), fields[key].metadata.get("bounds"))
         elif positional == "config":
             for key, value, where in read_config_file(arg):
                 _check_known(key, fields, where)
-                values[key] = _check_value(key, value, types[key], fields[key].metadata.get("choices"), where)
+                values[key] = _check_value(key, value, types[key], fields[key].metadata.get("choices"), where, fields[key].metadata.get("bounds"))
         elif positional:
             bare.append(arg)
         else:
@@ -110,6 +149,8 @@ def usage(cls, description, positional):
         kind = _type_name(types[f.name])
         choices = f.metadata.get("choices")
         extra = f" (one of: {', '.join(map(str, choices))})" if choices else ""
+        if f.metadata.get("bounds"):
+            extra += f" (must {f.metadata['bounds'].rule()})"
         lines.append(f"  --{f.name}={format_value(default)}  [{kind}]  {f.metadata.get('help', '')}{extra}")
     return "\n".join(lines)
 
@@ -140,7 +181,7 @@ def _check_known(key, fields, where=None):
     raise UsageError(f"{prefix}unknown option --{key}{hint}")
 
 
-def _convert(key, raw, tp, choices):
+def _convert(key, raw, tp, choices, bounds=None):
     """Turn the command line's text into a value of the option's type."""
     optional = type(None) in typing.get_args(tp)
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
@@ -163,7 +204,7 @@ def _convert(key, raw, tp, choices):
             value = raw
     except (ValueError, OverflowError):
         raise UsageError(f"--{key}={raw}: expected {_type_name(tp)}") from None
-    return _check_choice(key, value, choices)
+    return _check_bounds(key, _check_choice(key, value, choices), bounds)
 
 
 def _parse_int(raw):
@@ -177,7 +218,7 @@ def _parse_int(raw):
         return int(number)
 
 
-def _check_value(key, value, tp, choices, where):
+def _check_value(key, value, tp, choices, where, bounds=None):
     """Check a config file's literal against the option's type."""
     optional = type(None) in typing.get_args(tp)
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
@@ -192,13 +233,13 @@ def _check_value(key, value, tp, choices, where):
     if not ok:
         raise UsageError(f"{where}: {key} = {value!r}: expected {_type_name(tp)}")
     value = float(value) if base is float and value is not None else value
-    return _check_choice(key, value, choices, where)
+    return _check_bounds(key, _check_choice(key, value, choices, where), bounds, where)
 
 
-def check_choices(cfg):
-    """Check every option with a fixed set of values, for configs built in code rather than parsed."""
+def check_values(cfg):
+    """Check every option's choices and bounds, for configs built in code rather than parsed."""
     for f in dataclasses.fields(cfg):
-        _check_choice(f.name, getattr(cfg, f.name), f.metadata.get("choices"))
+        _check_bounds(f.name, _check_choice(f.name, getattr(cfg, f.name), f.metadata.get("choices")), f.metadata.get("bounds"))
 
 
 def _check_choice(key, value, choices, where=None):
@@ -209,11 +250,26 @@ def _check_choice(key, value, choices, where=None):
     return value
 
 
+def _check_bounds(key, value, bounds, where=None):
+    """A float must be finite, and a number within the option's bounds; a list option's every item must."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        prefix = f"{where}: " if where else ""
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{prefix}--{key}={format_value(v)} must be a finite number")
+        if isinstance(v, int) and abs(v) >= 2**63:  # what torch and numpy hold
+            raise UsageError(f"{prefix}--{key}={format_value(v)} is too large")
+        if bounds is not None and v not in bounds:
+            raise UsageError(f"{prefix}--{key}={format_value(v)} must {bounds.rule()}")
+    return value
+
+
 def set_option(cfg, key, raw):
     """Set one option of a parsed config from text, as --key=raw would (chat.py's /set)."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     _check_known(key, fields)
-    value = _convert(key, raw, typing.get_type_hints(type(cfg))[key], fields[key].metadata.get("choices"))
+    value = _convert(key, raw, typing.get_type_hints(type(cfg))[key], fields[key].metadata.get("choices"), fields[key].metadata.get("bounds"))
     setattr(cfg, key, value)
     return value
 

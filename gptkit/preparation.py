@@ -10,8 +10,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gptkit.errors import UsageError
-from gptkit.files import atomic_write
-from gptkit.options import option
+from gptkit.files import atomic_write, check_output, clean_temporaries, require_file
+from gptkit.options import check_values, option
 from gptkit.shards import META_FILE, TOKENIZER_FILE, ShardWriter, token_dtype, write_meta
 from gptkit.sources import builtin_corpus_files, dataset_documents, expand_inputs, file_documents
 from gptkit.tokenizer import TOKENIZER_KINDS, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
@@ -26,15 +26,15 @@ class PrepareConfig:
     split: str = option("train", "the dataset split to read")
     text_field: str = option("text", "the field holding the text in .jsonl files and datasets")
     streaming: bool = option(False, "stream the dataset instead of downloading it whole (for large ones)")
-    max_documents: int = option(0, "stop after this many documents (0: all)")
+    max_documents: int = option(0, "stop after this many documents (0: all)", bounds=">=0")
     out_dir: str = option("", "where to write the shards (default: prepared/NAME-HASH-TOKENIZER)")
     tokenizer: str = option("bpe", "bpe: trained on this corpus with rustbpe; bytes: 256 byte ids; gpt2: tiktoken's GPT-2", TOKENIZER_KINDS)
-    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer, special tokens included")
-    tokenizer_train_bytes: int = option(500_000_000, "train the bpe tokenizer on at most this many bytes of training text")
-    val_fraction: float = option(0.01, "fraction of documents held out for validation (the tail of the text when there are few)")
+    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer, special tokens included", bounds="[1, 16777216]")
+    tokenizer_train_bytes: int = option(500_000_000, "train the bpe tokenizer on at most this many bytes of training text", bounds=">0")
+    val_fraction: float = option(0.01, "fraction of documents held out for validation (the tail of the text when there are few)", bounds="[0, 1)")
     val_file: str = option("", "a file held out as the validation text instead of --val_fraction")
-    shard_tokens: int = option(100_000_000, "tokens per shard file")
-    workers: int = option(0, "tokenizer threads (0: one per CPU core)")
+    shard_tokens: int = option(100_000_000, "tokens per shard file", bounds="[1, 4294967296]")
+    workers: int = option(0, "tokenizer threads (0: one per CPU core)", bounds="[0, 1024]")
 
 
 def default_data_dir(cfg):
@@ -98,9 +98,7 @@ def split_documents(docs, val_fraction):
 def labelled_documents(cfg):
     docs, total, what = corpus_documents(cfg)
     if cfg.val_file:
-        if not Path(cfg.val_file).is_file():
-            raise UsageError(f"--val_file={cfg.val_file} does not exist")
-        val = (("val", d) for d in file_documents(Path(cfg.val_file), cfg.text_field))
+        val = (("val", d) for d in file_documents(require_file(cfg.val_file, "--val_file"), cfg.text_field))
         return itertools.chain((("train", d) for d in docs), val), total, what
     return split_documents(docs, cfg.val_fraction), total, what
 
@@ -131,12 +129,12 @@ def _cap_bytes(texts, limit):
 
 def prepare(cfg):
     """Prepare the corpus into cfg.out_dir (or the default folder); returns the folder."""
-    if not 0 <= cfg.val_fraction < 1:
-        raise UsageError(f"--val_fraction={cfg.val_fraction} must be at least 0 and below 1")
+    check_values(cfg)  # bounds, for a config built in code (train.py's)
     if cfg.val_fraction == 0 and not cfg.val_file:
         raise UsageError("--val_fraction=0 leaves no validation text; give a fraction or --val_file")
-    out = Path(cfg.out_dir) if cfg.out_dir else default_data_dir(cfg)
+    out = check_output(cfg.out_dir, "out_dir", folder=True) if cfg.out_dir else default_data_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)
     (out / META_FILE).unlink(missing_ok=True)  # the folder is incomplete until the new meta.json lands
     tokenizer = build_tokenizer(cfg)
     dtype = token_dtype(tokenizer.n_vocab)

@@ -59,13 +59,38 @@ def write_meta(folder, meta):
 
 
 def read_meta(folder):
+    """meta.json of a prepared folder: a JSON object (load_split checks the fields it reads)."""
     path = Path(folder) / META_FILE
+    if Path(folder).is_file():
+        raise UsageError(f"{folder} is a file; give the folder data/prepare.py wrote (it holds {META_FILE} and the shards)")
     if not path.is_file():
         raise UsageError(f"{folder} holds no prepared data ({META_FILE} missing); run `python data/prepare.py --out_dir={folder} ...` first")
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"{path} is not valid JSON ({e}); prepare the data again") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: the file should be a JSON object; the file is damaged, prepare the data again")
+    return meta
+
+
+def _check_meta(meta, path):
+    def expect(ok, field, wanted):
+        if not ok:
+            raise UsageError(f"{path}: {field} should be {wanted}; the file is damaged, prepare the data again")
+
+    expect(isinstance(meta.get("tokenizer", ""), str), "tokenizer", "a string")
+    expect(isinstance(meta.get("vocab_size"), int) and not isinstance(meta["vocab_size"], bool) and meta["vocab_size"] > 0, "vocab_size",
+           "a positive integer")
+    expect(meta.get("dtype") in ("uint16", "uint32"), "dtype", "uint16 or uint32")
+    expect(isinstance(meta.get("splits"), dict), "splits", "an object of splits")
+    for name, split in meta["splits"].items():
+        expect(isinstance(split, dict) and isinstance(split.get("tokens"), int) and isinstance(split.get("shards"), list),
+               f"splits.{name}", "an object with tokens (an integer) and shards (a list)")
+        for i, shard in enumerate(split["shards"]):
+            expect(isinstance(shard, dict) and isinstance(shard.get("file"), str) and "/" not in shard["file"]
+                   and isinstance(shard.get("tokens"), int) and shard["tokens"] >= 0 and isinstance(shard.get("sha256"), str),
+                   f"splits.{name}.shards[{i}]", "an object with file (a name in the folder), tokens (an integer) and sha256")
 
 
 def is_prepared(folder):
@@ -76,6 +101,7 @@ def load_split(folder, split, verify=True):
     """Memory-map every shard of a split, checking its length and checksum against meta.json."""
     folder = Path(folder)
     meta = read_meta(folder)
+    _check_meta(meta, folder / META_FILE)
     dtype = np.dtype(meta["dtype"])
     if split not in meta["splits"] or not meta["splits"][split]["shards"]:
         raise UsageError(f"{folder} has no {split!r} tokens; prepare the data again with a larger corpus or --val_fraction")

@@ -40,9 +40,15 @@ def expand_inputs(inputs):
     return files
 
 
+BINARY_SHARE = 0.3  # a file whose bytes are this much not text (invalid UTF-8 or NUL) is refused as binary
+
+
 def file_documents(path, text_field="text"):
-    """A .jsonl file yields one document per line (its `text_field`); any other file is one document."""
-    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    """A .jsonl file yields one document per line (its `text_field`); any other file is one document.
+
+    Bytes that are not UTF-8 become U+FFFD, with a note saying how many; a file that is mostly not text is refused.
+    """
+    text = decode_text(Path(path))
     if Path(path).suffix != ".jsonl":
         yield text
         return
@@ -50,6 +56,21 @@ def file_documents(path, text_field="text"):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise UsageError(f"{path}:{line_number} has no string field {text_field!r}; name the right one with --text_field")
         yield record[text_field]
+
+
+def decode_text(path):
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    text = data.decode("utf-8", errors="replace")
+    replaced = max(0, text.count("\ufffd") - data.count("\ufffd".encode()))  # characters that stand for invalid bytes
+    if data and (replaced + data.count(0)) / len(data) > BINARY_SHARE:
+        raise UsageError(f"{path} looks binary, not text ({replaced + data.count(0):,} of its {len(data):,} bytes are not UTF-8 text); "
+                         "remove it from the inputs")
+    if replaced:
+        print(f"note: {path}: {replaced:,} invalid UTF-8 sequence(s) replaced with U+FFFD", flush=True)
+    return text
 
 
 def jsonl_records(path, text):

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from gptkit.errors import UsageError
+from gptkit.files import check_output
 from gptkit.model import PRESETS, GPTConfig
-from gptkit.options import check_choices, option
+from gptkit.options import check_values, option
 from gptkit.tokenizer import TOKENIZER_KINDS
 
 
@@ -18,45 +19,45 @@ class TrainConfig:
     dataset: str = option("", "a Hugging Face dataset name to train on, read through `datasets`")
     text_field: str = option("text", "the text field of .jsonl files and datasets")
     tokenizer: str = option("bpe", "tokenizer used when preparing data", TOKENIZER_KINDS)
-    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer")
-    val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing")
+    vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer", bounds="[1, 16777216]")
+    val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing", bounds="[0, 1)")
     # fine-tuning
     init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt), a Hugging Face GPT-2 folder, "
                                 "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl): its model, weights and tokenizer")
     chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` (data/synthetic_chat.py)")
     chat_dataset: str = option("", "fine-tune on a Hugging Face dataset with a `messages` column")
     chat_split: str = option("train", "the split of --chat_dataset")
-    demo_conversations: int = option(20000, "conversations generated for --chat_data=demo")
-    eval_chat: int = option(0, "at the end, reply to this many held-out conversations and print the exact-match accuracy (0: off)")
+    demo_conversations: int = option(20000, "conversations generated for --chat_data=demo", bounds="[2, 100000000]")
+    eval_chat: int = option(0, "at the end, reply to this many held-out conversations and print the exact-match accuracy (0: off)", bounds="[0, 1000000]")
     # model
     preset: str = option("modern", "architecture preset", tuple(PRESETS))
-    n_layer: int = option(4, "transformer blocks")
-    n_head: int = option(4, "attention heads")
-    n_embd: int = option(256, "width of the residual stream")
-    block_size: int = option(256, "context length in tokens")
-    dropout: float = option(0.0, "dropout probability")
+    n_layer: int = option(4, "transformer blocks", bounds="[1, 1024]")
+    n_head: int = option(4, "attention heads", bounds="[1, 1024]")
+    n_embd: int = option(256, "width of the residual stream", bounds="[1, 65536]")
+    block_size: int = option(256, "context length in tokens", bounds="[1, 1048576]")
+    dropout: float = option(0.0, "dropout probability", bounds="[0, 1)")
     pos_encoding: Optional[str] = option(None, "override the preset's position encoding", (None, "learned", "sinusoidal", "rope"))
     # optimisation
     optimizer: str = option("adamw", "adamw for everything, or muon for the hidden matrices (AdamW for the rest)", ("adamw", "muon"))
-    batch_size: int = option(16, "sequences per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    max_iters: int = option(2000, "optimizer steps")
-    lr: float = option(1e-3, "peak AdamW learning rate")
-    muon_lr: float = option(0.02, "peak Muon learning rate (with --optimizer=muon)")
-    weight_decay: float = option(0.1, "decoupled weight decay of the matrices")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.95, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
-    warmup_iters: int = option(100, "steps of linear learning-rate warmup")
+    batch_size: int = option(16, "sequences per micro-batch", bounds="[1, 1048576]")
+    grad_accum: int = option(1, "micro-batches per optimizer step", bounds="[1, 1048576]")
+    max_iters: int = option(2000, "optimizer steps", bounds="[0, 1000000000]")
+    lr: float = option(1e-3, "peak AdamW learning rate", bounds="[0, 1e6]")
+    muon_lr: float = option(0.02, "peak Muon learning rate (with --optimizer=muon)", bounds="[0, 1e6]")
+    weight_decay: float = option(0.1, "decoupled weight decay of the matrices", bounds=">=0")
+    beta1: float = option(0.9, "AdamW beta1", bounds="[0, 1)")
+    beta2: float = option(0.95, "AdamW beta2", bounds="[0, 1)")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)", bounds=">=0")
+    warmup_iters: int = option(100, "steps of linear learning-rate warmup", bounds="[0, 1000000000]")
     lr_schedule: str = option("cosine", "after warmup: cosine decay, or warmup-stable-decay", ("cosine", "wsd"))
-    decay_frac: float = option(0.2, "wsd: the final fraction of steps that decays the learning rate")
-    min_lr_frac: float = option(0.1, "the learning rate ends at this fraction of its peak")
+    decay_frac: float = option(0.2, "wsd: the final fraction of steps that decays the learning rate", bounds="[0, 1]")
+    min_lr_frac: float = option(0.1, "the learning rate ends at this fraction of its peak", bounds="[0, 1]")
     # evaluation, logging, sampling
-    eval_interval: int = option(250, "evaluate and checkpoint every this many steps")
-    eval_tokens: int = option(65536, "validation tokens scored per evaluation (0: the whole split)")
-    log_interval: int = option(10, "print training metrics every this many steps")
+    eval_interval: int = option(250, "evaluate and checkpoint every this many steps", bounds="[1, 1000000000]")
+    eval_tokens: int = option(65536, "validation tokens scored per evaluation (0: the whole split)", bounds=">=0")
+    log_interval: int = option(10, "print training metrics every this many steps", bounds="[1, 1000000000]")
     sample_prompt: str = option("", "prompt of the sample printed at the end (empty: start a new document)")
-    sample_tokens: int = option(200, "tokens in the final sample (0: none)")
+    sample_tokens: int = option(200, "tokens in the final sample (0: none)", bounds="[0, 1000000]")
     wandb: bool = option(False, "log metrics to Weights & Biases (WANDB_MODE=offline works without an account)")
     wandb_project: str = option("gptkit", "wandb project")
     wandb_run_name: str = option("", "wandb run name (default: the out_dir name)")
@@ -67,26 +68,19 @@ class TrainConfig:
     parallel: str = option("auto", "several processes (under torchrun): auto (ddp when torchrun starts more than one), "
                                    "ddp (DistributedDataParallel) or fsdp (FSDP2, parameters sharded)", ("auto", "ddp", "fsdp"))
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, more compute")
-    threads: int = option(0, "CPU threads for torch (0: torch's default)")
-    seed: int = option(1337, "random seed")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)", bounds="[0, 4096]")
+    seed: int = option(1337, "random seed", bounds="[0, 4294967295]")
     resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it",
                          ("auto", "true", "false"))
-    keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest")
-    max_bad_steps: int = option(5, "stop after this many skipped steps in a row (non-finite loss or gradient, or a loss spike)")
-    loss_spike: float = option(0.0, "skip the update of a step whose loss is this many standard deviations above the recent mean (0: off)")
+    keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest", bounds="[1, 1000000]")
+    max_bad_steps: int = option(5, "stop after this many skipped steps in a row (non-finite loss or gradient, or a loss spike)", bounds="[1, 1000000]")
+    loss_spike: float = option(0.0, "skip the update of a step whose loss is this many standard deviations above the recent mean (0: off)", bounds=">=0")
 
 
 def check_config(cfg):
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "log_interval", "keep_last", "max_bad_steps"):
-        if getattr(cfg, key) <= 0:
-            raise UsageError(f"--{key}={getattr(cfg, key)} must be positive")
-    if cfg.max_iters < 0 or cfg.warmup_iters < 0:
-        raise UsageError("--max_iters and --warmup_iters must not be negative")
-    if cfg.loss_spike < 0:
-        raise UsageError(f"--loss_spike={cfg.loss_spike} must not be negative (0: off)")
-    if not 0 <= cfg.dropout < 1:
-        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
-    check_choices(cfg)
+    """Each option's choices and bounds (declared beside it above), then the rules that tie options together."""
+    check_values(cfg)
+    check_output(cfg.out_dir, "out_dir", folder=True)
 
 
 def model_config(cfg, vocab_size):
