@@ -29,7 +29,10 @@ class ExportConfig:
 def layout_differences(config):
     """How a config departs from GPT-2's layout, e.g. 'pos_encoding=rope, norm=rmsnorm'."""
     gpt2 = PRESETS["gpt2"]
-    return ", ".join(f"{k}={getattr(config, k)}" for k in ("pos_encoding", "norm", "mlp", "qk_norm", "bias") if getattr(config, k) != gpt2[k])
+    differences = [f"{k}={getattr(config, k)}" for k in ("pos_encoding", "norm", "mlp", "qk_norm", "bias") if getattr(config, k) != gpt2[k]]
+    if any(config.layer_window(layer) for layer in range(config.n_layer)):
+        differences.append(f"attn_pattern={config.attn_pattern} window={config.window}")
+    return ", ".join(differences)
 
 
 def export_readme(kind, model, tokenizer, source, out_dir):

@@ -37,6 +37,11 @@ class GPTConfig:
     bias: bool = True
     zero_init_proj: bool = False
     rope_base: float = 10000.0
+    # Sparse attention, as GPT-3's alternating dense and locally banded layers: a local layer's query sees the `window`
+    # latest keys, itself included. attn_pattern is read cyclically over the layers (L local, G global), the last layer
+    # global unless the pattern names every layer; "" (or a window covering the context) is dense everywhere.
+    window: int = 0
+    attn_pattern: str = ""
 
     @classmethod
     def from_preset(cls, preset, **sizes):
@@ -57,6 +62,20 @@ class GPTConfig:
         for name, allowed in (("pos_encoding", ("learned", "sinusoidal", "rope")), ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        if set(self.attn_pattern) - set("LG"):
+            raise ValueError(f"attn_pattern={self.attn_pattern!r} may hold only L (local) and G (global), e.g. LG or LLLG")
+        if len(self.attn_pattern) > self.n_layer:
+            raise ValueError(f"attn_pattern={self.attn_pattern!r} names more layers than the model's {self.n_layer}")
+        if self.window < 0 or ("L" in self.attn_pattern) != (self.window > 0):
+            raise ValueError(f"window={self.window} with attn_pattern={self.attn_pattern!r}: local layers (L) need a window of at least 1 "
+                             "key, and a window needs an L in the pattern")
+
+    def layer_window(self, layer):
+        """The keys a query of `layer` sees, itself included; 0 means all before it (a global layer)."""
+        if not self.attn_pattern or self.window >= self.block_size:
+            return 0
+        last_global = layer == self.n_layer - 1 and len(self.attn_pattern) < self.n_layer
+        return self.window if self.attn_pattern[layer % len(self.attn_pattern)] == "L" and not last_global else 0
 
 
 class KVCache:
@@ -106,10 +125,34 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def band_mask(T, past, window, device):
+    """(T, past + T): new token t (at past + t) sees the keys at (past + t - window, past + t]; window 0: all up to itself."""
+    ones = torch.ones(T, past + T, dtype=torch.bool, device=device)
+    mask = ones.tril(diagonal=past)
+    return mask & ~ones.tril(diagonal=past - window) if window else mask
+
+
+def blocked_local_attention(q, k, v, window, dropout_p=0.0):
+    """Banded attention without the masked-out work: each block of `window` queries attends to its own block and the
+    one before, (B, H, T, D) in and out. Exact: the band never reaches further back than the previous block."""
+    B, H, T, D = q.shape
+    W = window
+    n = -(-T // W)  # blocks; the last is padded (padded queries are dropped, padded keys lie in no real query's past)
+    q, k, v = (F.pad(t, (0, 0, 0, n * W - T)).view(B, H, n, W, D) for t in (q, k, v))
+    k, v = (torch.cat((torch.cat((torch.zeros_like(t[:, :, :1]), t[:, :, :-1]), dim=2), t), dim=3) for t in (k, v))  # (B, H, n, 2W, D)
+    i, j = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None, :]
+    mask = ((j > i) & (j <= i + W)).expand(n, W, 2 * W).clone()  # key j of the pair of blocks is W + i - j positions back
+    mask[0, :, :W] = False  # the first block has no block before it
+    y = F.scaled_dot_product_attention(q.reshape(B, H * n, W, D), k.reshape(B, H * n, 2 * W, D), v.reshape(B, H * n, 2 * W, D),
+                                       attn_mask=mask.repeat(H, 1, 1), dropout_p=dropout_p)
+    return y.view(B, H, n * W, D)[:, :, :T]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         self.layer, self.n_head, self.qk_norm = layer, config.n_head, config.qk_norm
+        self.window = config.layer_window(layer)  # 0: a global layer
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
@@ -126,14 +169,20 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.pos
             k, v = kv_cache.append(self.layer, k, v)  # (B, H, past + T, D)
-        if past == 0:
-            mask, causal = None, True
-        elif T == 1:
-            mask, causal = None, False  # one new token sees everything before it
-        else:  # new tokens after a cached prefix: token i sees the prefix and new tokens up to i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        local = self.window and past + T > self.window  # a window that covers every key is plain causal attention
+        if local and past == 0 and T > 2 * self.window:
+            y = blocked_local_attention(q, k, v, self.window, dropout_p)
+        else:
+            if local:  # the band of the window, over the cached keys and the new ones
+                mask, causal = band_mask(T, past, self.window, x.device), False
+            elif past == 0:
+                mask, causal = None, True
+            elif T == 1:
+                mask, causal = None, False  # one new token sees everything before it
+            else:  # new tokens after a cached prefix: token i sees the prefix and new tokens up to i
+                mask, causal = band_mask(T, past, 0, x.device), False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 

@@ -19,7 +19,7 @@ from gptkit.files import atomic_write
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LAST, BEST = "last.pt", "best.pt"
 
 # -- the schema -------------------------------------------------------------------------------------------------------
@@ -147,11 +147,12 @@ def model_config_from(saved, where):
         value, tp = saved[f.name], hints[f.name]
         ok = isinstance(value, bool) if tp is bool else (
             not isinstance(value, bool) and (isinstance(value, tp) or (tp is float and isinstance(value, int))))
-        if ok and tp is int and value <= 0:
+        smallest = 0 if f.name == "window" else 1  # sizes are positive; a window of 0 means dense
+        if ok and tp is int and value < smallest:
             ok = False
         if not ok:
-            raise UsageError(f"{where}: model setting {f.name!r} is {value!r}, expected {'a positive int' if tp is int else tp.__name__}; "
-                             "the file is damaged or not from this toolkit")
+            wanted = ("a positive int" if smallest else "an int >= 0") if tp is int else tp.__name__
+            raise UsageError(f"{where}: model setting {f.name!r} is {value!r}, expected {wanted}; the file is damaged or not from this toolkit")
     try:
         return GPTConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
@@ -171,6 +172,9 @@ def upgrade(ckpt):
             ckpt = {"skipped_steps": 0, "spikes": None, **ckpt,
                     "objective": {"name": "chat_sft" if tc.get("chat_data") or tc.get("chat_dataset") else "next_token"}}
         ckpt["format_version"] = 2
+    if ckpt["format_version"] < 3:  # 2 -> 3: the model config names its attention pattern (none: dense, as before)
+        ckpt["model_config"] = {**ckpt["model_config"], "window": 0, "attn_pattern": ""}
+        ckpt["format_version"] = 3
     return ckpt
 
 

@@ -168,7 +168,8 @@ def from_hf_state(hf_state, config):
 def is_hf_gpt2_layout(config):
     """Whether GPT2LMHeadModel computes exactly what our model with this config does."""
     gpt2 = PRESETS["gpt2"]
-    return all(getattr(config, key) == gpt2[key] for key in ("pos_encoding", "norm", "mlp", "qk_norm", "bias"))
+    dense = not any(config.layer_window(layer) for layer in range(config.n_layer))  # GPT-2 has no banded layers
+    return dense and all(getattr(config, key) == gpt2[key] for key in ("pos_encoding", "norm", "mlp", "qk_norm", "bias"))
 
 
 def to_hf_state(model):

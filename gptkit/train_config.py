@@ -37,6 +37,9 @@ class TrainConfig:
     block_size: int = option(256, "context length in tokens", bounds="[1, 1048576]")
     dropout: float = option(0.0, "dropout probability", bounds="[0, 1)")
     pos_encoding: Optional[str] = option(None, "override the preset's position encoding", (None, "learned", "sinusoidal", "rope"))
+    window: int = option(0, "sparse attention: the keys a local layer's query sees, itself included (0: dense)", bounds="[0, 1048576]")
+    attn_pattern: str = option("", "sparse attention: L (local, banded to --window) and G (global) read cyclically over the layers, "
+                                    "e.g. LG as GPT-3 or LLLLLG as Gemma 3; the last layer stays global unless the pattern names every layer")
     # optimisation
     optimizer: str = option("adamw", "adamw for everything, or muon for the hidden matrices (AdamW for the rest)", ("adamw", "muon"))
     batch_size: int = option(16, "sequences per micro-batch", bounds="[1, 1048576]")
@@ -85,7 +88,8 @@ def check_config(cfg):
 
 def model_config(cfg, vocab_size):
     sizes = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                 vocab_size=math.ceil(vocab_size / 64) * 64, dropout=cfg.dropout)  # padded: faster matmuls
+                 vocab_size=math.ceil(vocab_size / 64) * 64, dropout=cfg.dropout,  # padded: faster matmuls
+                 window=cfg.window, attn_pattern=cfg.attn_pattern)
     try:
         config = GPTConfig.from_preset(cfg.preset, **sizes)
         if cfg.pos_encoding:

@@ -23,14 +23,14 @@ from helpers import REPO, tiny_model
 MAX_NEW = 12
 
 
-def chat_model(tokenizer, block_size=256, seed=5):
+def chat_model(tokenizer, block_size=256, seed=5, **config):
     """A tiny model whose greedy replies are printable ASCII, some ending with <|assistant_end|> before MAX_NEW.
 
     The output rows of all other tokens are zeroed (a logit of 0 loses to the best of ~95 random ones), and
     <|assistant_end|> takes over the row of "K": a reply ends where it would have said K.
     """
     vocab = -(-tokenizer.n_vocab // 16) * 16
-    model = tiny_model("modern", vocab_size=vocab, block_size=block_size, n_embd=32, scale=0.5, seed=seed)
+    model = tiny_model("modern", vocab_size=vocab, block_size=block_size, n_embd=32, scale=0.5, seed=seed, **config)
     specials = {tokenizer.special_id(name) for name in tokenizer.encoding.special_tokens_set}
     keep = torch.zeros(vocab, dtype=torch.bool)
     for i in range(tokenizer.n_vocab):

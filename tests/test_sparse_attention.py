@@ -1,0 +1,135 @@
+"""Sparse attention: local (banded) and global layers, in training and through the KV cache, and in checkpoints."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptkit.chat_session import ChatSession
+from gptkit.checkpoint import LAST, build_model, load_checkpoint, save_checkpoint
+from gptkit.engine import Engine, beam_search
+from gptkit.errors import UsageError
+from gptkit.model import GPT, GPTConfig, KVCache, band_mask, blocked_local_attention
+from gptkit.train_config import TrainConfig, model_config
+from helpers import tiny_model
+from test_chat import chat_model, fresh_reply, greedy, history
+from test_resilience import tiny_run
+from train import train
+
+
+def local_model(preset="modern", window=4, pattern="LG", block_size=48, n_layer=3, seed=0):
+    return tiny_model(preset, vocab_size=64, block_size=block_size, n_layer=n_layer, window=window, attn_pattern=pattern, seed=seed)
+
+
+@pytest.mark.parametrize("T, W", [(10, 3), (17, 4), (33, 8), (64, 16), (13, 1), (40, 7)])
+def test_the_blocked_layout_equals_the_band_mask_in_outputs_and_gradients(T, W):
+    torch.manual_seed(T * W)
+    q, k, v = (torch.randn(2, 3, T, 8, requires_grad=True) for _ in range(3))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(T, 0, W, "cpu"))
+    blocked = blocked_local_attention(q, k, v, W)
+    torch.testing.assert_close(blocked, reference, rtol=0, atol=2e-6)
+    for a, b in zip(torch.autograd.grad(blocked.square().sum(), (q, k, v)), torch.autograd.grad(reference.square().sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=0, atol=5e-6)
+
+
+def test_the_band_mask_sees_the_window_itself_included():
+    assert band_mask(4, 0, 2, "cpu").int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    assert band_mask(2, 3, 2, "cpu").int().tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]  # after 3 cached keys
+
+
+def test_layers_follow_the_pattern_and_the_last_stays_global():
+    config = GPTConfig(n_layer=6, window=8, attn_pattern="LLLG")
+    assert [config.layer_window(i) for i in range(6)] == [8, 8, 8, 0, 8, 0]
+    assert [GPTConfig(n_layer=4, window=8, attn_pattern="LLLL").layer_window(i) for i in range(4)] == [8, 8, 8, 8]  # named every layer
+    assert [GPTConfig(n_layer=4, window=8, attn_pattern="LG").layer_window(i) for i in range(4)] == [8, 0, 8, 0]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_a_window_that_covers_the_context_is_dense_bit_for_bit(preset):
+    dense = tiny_model(preset, vocab_size=64, block_size=24, n_layer=2)
+    windowed = tiny_model(preset, vocab_size=64, block_size=24, n_layer=2, window=24, attn_pattern="L")
+    windowed.load_state_dict(dense.state_dict())
+    idx = torch.randint(0, 64, (2, 24))
+    assert torch.equal(windowed(idx), dense(idx))
+
+
+def test_a_local_layer_ignores_what_lies_outside_its_window():
+    model = local_model(window=4, pattern="LLL", n_layer=3)  # every layer local: 3 layers reach back at most 3 * 3 tokens
+    idx = torch.randint(0, 64, (1, 40))
+    changed = idx.clone()
+    changed[0, :20] = (changed[0, :20] + 1) % 64
+    assert torch.equal(model(idx)[:, 30:], model(changed)[:, 30:])
+    assert not torch.equal(model(idx)[:, 20:30], model(changed)[:, 20:30])
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_the_kv_cache_matches_the_full_forward_pass(preset):
+    model = local_model(preset, window=5, pattern="LG", block_size=40)
+    idx = torch.randint(0, 64, (2, 40))
+    full = model(idx)  # T > 2W: the blocked layout
+    cache = KVCache(model.config, 2, 40, "cpu")
+    pieces = [model(idx[:, :7], kv_cache=cache), model(idx[:, 7:19], kv_cache=cache)]  # prefill, then more after a cached prefix
+    pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(19, 40)]  # one token at a time, far past the window
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_generation_with_the_cache_equals_recomputing_every_step():
+    model = local_model(window=4, pattern="LG", block_size=48)
+    prompt = [3, 9, 4, 1, 7, 7, 2]
+    cached = list(Engine(model).generate(prompt, 30, temperature=0))
+    ids = list(prompt)
+    for _ in range(30):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert cached == ids[len(prompt):]
+
+
+def test_beam_search_and_a_chat_session_work_on_local_layers(bytes_tok):
+    model = chat_model(bytes_tok, block_size=128, window=8, attn_pattern="LG")  # greedy replies that are valid text
+    best = beam_search(model, [5, 6, 7], beam_size=3, max_new_tokens=12)
+    assert best and best == beam_search(model, [5, 6, 7], beam_size=3, max_new_tokens=12)
+    session = ChatSession(model, bytes_tok, greedy(max_new_tokens=10))
+    replies = ["".join(session.respond(text)) for text in ("hello there", "and again", "a third turn")]
+    assert replies[-1] == fresh_reply(model, bytes_tok, history(session), greedy(max_new_tokens=10))  # cache across turns = fresh prefill
+
+
+def test_a_checkpoint_keeps_the_pattern_and_resumes(tmp_path, data_dir):
+    out = tmp_path / "out"
+    train(tiny_run(out, data_dir, max_iters=2, eval_interval=2, block_size=32, window=4, attn_pattern="LG"))
+    ckpt = load_checkpoint(out / LAST)
+    assert ckpt["model_config"]["window"] == 4 and ckpt["model_config"]["attn_pattern"] == "LG"
+    model, _ = build_model(ckpt)
+    assert model.config.layer_window(0) == 4 and model.config.layer_window(1) == 0
+    train(tiny_run(out, data_dir, max_iters=4, eval_interval=2, block_size=32, window=4, attn_pattern="LG"))
+    assert load_checkpoint(out / LAST)["step"] == 4
+    with pytest.raises(UsageError, match=r"different model \(attn_pattern, window differ\)"):
+        train(tiny_run(out, data_dir, max_iters=6, eval_interval=2, block_size=32))
+
+
+def test_a_windowed_model_exports_in_gptkits_layout_and_loads_back(tmp_path, bytes_tok):
+    from export import export
+    from gptkit.hf import from_pretrained
+    model = tiny_model("gpt2", vocab_size=bytes_tok.n_vocab, block_size=32, n_layer=2, window=4, attn_pattern="LG")
+    save_checkpoint(tmp_path / "model.pt", model, bytes_tok)
+    assert export(tmp_path / "model.pt", tmp_path / "exported") == "gptkit"  # GPT2LMHeadModel has no banded layers
+    idx = torch.randint(0, bytes_tok.n_vocab, (1, 32))
+    assert torch.equal(from_pretrained(tmp_path / "exported")(idx), model(idx))
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"window": 4, "attn_pattern": "LXG"}, "may hold only L (local) and G (global)"),
+    ({"window": 4, "attn_pattern": "LGLGLG"}, "names more layers than the model's 4"),
+    ({"window": 4}, "a window needs an L in the pattern"),
+    ({"attn_pattern": "LG"}, "local layers (L) need a window"),
+])
+def test_bad_sparse_settings_are_one_line(options, fragment):
+    with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        model_config(TrainConfig(n_layer=4, **options), 256)
+
+
+def test_a_negative_window_is_refused_by_the_option_parser():
+    from gptkit.options import parse_options
+    with pytest.raises(UsageError, match="--window=-1 must be in"):
+        parse_options(TrainConfig, ["--window=-1"], description="")
+
+
+def test_the_model_builds_for_every_layer_count():
+    for n_layer in range(1, 5):
+        GPT(GPTConfig(n_layer=n_layer, n_head=2, n_embd=16, block_size=16, vocab_size=32, window=2, attn_pattern="L"))
