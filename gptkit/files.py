@@ -1,12 +1,13 @@
 """Files in and out: the one way the toolkit writes a file (atomically, so a crash leaves the old file or the new one,
 never half), and the checks that a path given on the command line is what it must be, made before any work starts."""
 import errno
+import json
 import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from gptkit.errors import UsageError
+from gptkit.errors import UsageError, first_line
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The source checkout this package runs from, if any: no run writes its outputs into it (or into the package).
@@ -67,6 +68,17 @@ def _running(pid):
     except PermissionError:
         pass
     return True
+
+
+def read_json_object(path, fix):
+    """The object a JSON file holds; one line naming the file and how to fix it when it is not valid JSON or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid JSON ({first_line(e)}); {fix}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: the file should be a JSON object; {fix}")
+    return value
 
 
 def require_file(path, what):

@@ -15,6 +15,7 @@ import torch
 
 from gptkit.checkpoint import BEST, FORMAT_VERSION, LAST, make_checkpoint, model_config_from
 from gptkit.errors import UsageError, first_line
+from gptkit.files import read_json_object
 from gptkit.model import GPT, GPT2_SIZES, PRESETS, GPTConfig
 from gptkit.tokenizer import Tokenizer, gpt2_tokenizer
 
@@ -72,14 +73,7 @@ def download(name):
 
 
 def read_config(folder):
-    path = folder / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid JSON ({first_line(e)})") from None
-    if not isinstance(config, dict):
-        raise UsageError(f"{path} is not a JSON object of model settings")
-    return config
+    return read_json_object(folder / CONFIG_FILE, "it should hold the model's settings (export it again, or download it again)")
 
 
 def read_weights(folder):

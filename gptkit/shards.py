@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gptkit.errors import UsageError
-from gptkit.files import atomic_write
+from gptkit.files import atomic_write, read_json_object
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -65,13 +65,7 @@ def read_meta(folder):
         raise UsageError(f"{folder} is a file; give the folder data/prepare.py wrote (it holds {META_FILE} and the shards)")
     if not path.is_file():
         raise UsageError(f"{folder} holds no prepared data ({META_FILE} missing); run `python data/prepare.py --out_dir={folder} ...` first")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid JSON ({e}); prepare the data again") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"{path}: the file should be a JSON object; the file is damaged, prepare the data again")
-    return meta
+    return read_json_object(path, "the file is damaged, prepare the data again")
 
 
 def _check_meta(meta, path):
