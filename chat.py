@@ -171,15 +171,11 @@ class Repl:
             self.term.note(f"[usage: /set KEY VALUE, KEY one of {', '.join(names)}]")
             return
         options = self.session.options
-        before = getattr(options, key, None)
         try:
             if key not in names:
                 set_option(SamplingOptions(), key, value.strip())  # raises the did-you-mean error
-            set_option(options, key, value.strip())
-            check_sampling(options)
+            set_option(options, key, value.strip())  # checks the type and bounds before it sets anything
         except UsageError as e:
-            if key in names:
-                setattr(options, key, before)
             self.term.note(f"[{str(e).replace('--', '').replace('see help for the list', '/show lists them')}]")
             return
         self.term.note(f"[{key} = {format_value(getattr(options, key))}]")

@@ -30,7 +30,7 @@ def layout_differences(config):
     """How a config departs from GPT-2's layout, e.g. 'pos_encoding=rope, norm=rmsnorm'."""
     gpt2 = PRESETS["gpt2"]
     differences = [f"{k}={getattr(config, k)}" for k in ("pos_encoding", "norm", "mlp", "qk_norm", "bias") if getattr(config, k) != gpt2[k]]
-    if any(config.layer_window(layer) for layer in range(config.n_layer)):
+    if config.has_local_layers():
         differences.append(f"attn_pattern={config.attn_pattern} window={config.window}")
     return ", ".join(differences)
 

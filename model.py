@@ -70,6 +70,9 @@ class GPTConfig:
             raise ValueError(f"window={self.window} with attn_pattern={self.attn_pattern!r}: local layers (L) need a window of at least 1 "
                              "key, and a window needs an L in the pattern")
 
+    def has_local_layers(self):
+        return any(self.layer_window(layer) for layer in range(self.n_layer))
+
     def layer_window(self, layer):
         """The keys a query of `layer` sees, itself included; 0 means all before it (a global layer)."""
         if not self.attn_pattern or self.window >= self.block_size:

@@ -162,8 +162,8 @@ def from_hf_state(hf_state, config):
 def is_hf_gpt2_layout(config):
     """Whether GPT2LMHeadModel computes exactly what our model with this config does."""
     gpt2 = PRESETS["gpt2"]
-    dense = not any(config.layer_window(layer) for layer in range(config.n_layer))  # GPT-2 has no banded layers
-    return dense and all(getattr(config, key) == gpt2[key] for key in ("pos_encoding", "norm", "mlp", "qk_norm", "bias"))
+    return not config.has_local_layers() and all(  # GPT-2 has no banded layers
+        getattr(config, key) == gpt2[key] for key in ("pos_encoding", "norm", "mlp", "qk_norm", "bias"))
 
 
 def to_hf_state(model):
