@@ -81,34 +81,75 @@ class GPTConfig:
         return self.window if self.attn_pattern[layer % len(self.attn_pattern)] == "L" and not last_global else 0
 
 
+RING_SLACK = 64  # a ring's slots beyond the window: how far back a chat may rewind (an edited last turn) and keep its cache
+
+
 class KVCache:
-    """Preallocated keys and values, one (B, H, max_len, D) buffer per layer; `pos` tokens are filled.
+    """Preallocated keys and values, one (B, H, slots, D) buffer per layer; `pos` tokens are filled.
 
     The one cache layout: prefill, one-token decode, beam search (reorder) and the compiled decode step all use it.
     A buffer per layer lets a compiled step write each layer's keys in place; one (n_layer, ...) buffer for all
     layers would become a copy of the whole buffer per layer in the compiled graph (6x slower than eager on a CPU).
+
+    A global layer's buffer holds every position (max_len slots). A local layer's is a ring of window + RING_SLACK
+    slots, position p in slot p % slots, keys stored after the rotary rotation beside their absolute positions
+    (`slot_pos`, -1 when empty), so its memory stays the same however long the conversation grows.
     """
 
     def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
-        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.pos = 0
-
-    @property
-    def max_len(self):
-        return self.k[0].shape[2]
+        self.max_len, self.window, self.pos = max_len, config.window, 0
+        self.k, self.v, self.slot_pos = [], [], []
+        for layer in range(config.n_layer):
+            window = config.layer_window(layer)
+            ring = bool(window) and window + RING_SLACK < max_len  # a ring as long as the buffer would save nothing
+            shape = (batch_size, config.n_head, window + RING_SLACK if ring else max_len, config.n_embd // config.n_head)
+            self.k.append(torch.zeros(shape, device=device, dtype=dtype))
+            self.v.append(torch.zeros(shape, device=device, dtype=dtype))
+            self.slot_pos.append(torch.full(shape[2:3], -1, dtype=torch.long, device=device) if ring else None)
+        self.ring_slots = min((k.shape[2] for k, s in zip(self.k, self.slot_pos) if s is not None), default=0)
+        self.high = 0  # the furthest position written since the cache last started from 0 (what a ring may have overwritten)
 
     @property
     def dtype(self):
         return self.k[0].dtype
 
+    def nbytes(self):
+        """The memory the keys and values take."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def is_ring(self, layer):
+        return self.slot_pos[layer] is not None
+
     def append(self, layer, k, v):
-        """Store this step's (B, H, T, D) keys and values; return all keys and values so far."""
+        """Store this step's (B, H, T, D) keys and values in a full buffer; return all keys and values so far."""
         end = self.pos + k.shape[2]
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def write_ring(self, layer, k, v):
+        """Store the last (up to a ring's worth of) this step's keys and values in a ring, at slots position % slots."""
+        T, slots = k.shape[2], self.k[layer].shape[2]
+        n = min(T, slots)
+        positions = torch.arange(self.pos + T - n, self.pos + T, device=k.device)
+        index = positions % slots
+        self.k[layer].index_copy_(2, index, k[:, :, T - n:].to(self.dtype))
+        self.v[layer].index_copy_(2, index, v[:, :, T - n:].to(self.dtype))
+        self.slot_pos[layer].index_copy_(0, index, positions)
+
+    def rewind(self, pos):
+        """Go back to holding the first `pos` tokens; what comes after is overwritten by the next forward.
+
+        Returns `pos`, or 0 when a ring no longer holds the window of keys before `pos` (a rewind further back than
+        RING_SLACK): the caller then prefills from the start.
+        """
+        self.high = max(self.high, self.pos)
+        if self.ring_slots and max(0, pos - self.window) < self.high - self.ring_slots:
+            pos = 0
+        if pos == 0:
+            self.high = 0
+        self.pos = pos
+        return pos
 
     def reorder(self, rows):
         """Make the first len(rows) batch rows copies of `rows` (beam search follows its surviving beams)."""
@@ -151,6 +192,37 @@ def blocked_local_attention(q, k, v, window, dropout_p=0.0):
     return y.view(B, H, n * W, D)[:, :, :T]
 
 
+def fresh_attention(q, k, v, window, dropout_p=0.0):
+    """Causal attention with nothing cached before (B, H, T, D): blocked beyond 2W tokens, band-masked beyond W, else plain causal."""
+    T = q.shape[2]
+    if window and T > 2 * window:
+        return blocked_local_attention(q, k, v, window, dropout_p)
+    if window and T > window:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(T, 0, window, q.device), dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+def ring_attention(q, k, v, cache, layer, window):
+    """A local layer's attention over its ring and this step's keys, then the ring keeps the newest of them.
+
+    New token t (at position past + t) sees the ring's keys at positions in (past + t - window, past) and the new
+    keys of the band; slots that are empty or hold positions from past onwards (left by a rewind) are masked out.
+    """
+    past, T = cache.pos, q.shape[2]
+    if past == 0:  # nothing before: the ring only holds leftovers
+        y = fresh_attention(q, k, v, window)
+    else:
+        slot_pos = cache.slot_pos[layer]
+        query_pos = torch.arange(past, past + T, device=q.device)[:, None]
+        from_ring = (slot_pos >= 0) & (slot_pos < past) & (slot_pos > query_pos - window)  # (T, slots)
+        mask = torch.cat((from_ring, band_mask(T, 0, window, q.device)), dim=1)
+        keys = torch.cat((cache.k[layer], k.to(cache.dtype)), dim=2)
+        values = torch.cat((cache.v[layer], v.to(cache.dtype)), dim=2)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    cache.write_ring(layer, k, v)
+    return y
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -168,24 +240,21 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
-        if kv_cache is not None:
+        dropout_p = self.dropout if self.training else 0.0
+        if kv_cache is not None and kv_cache.is_ring(self.layer):
+            y = ring_attention(q, k, v, kv_cache, self.layer, self.window)
+        elif kv_cache is None or kv_cache.pos == 0:
+            if kv_cache is not None:
+                kv_cache.append(self.layer, k, v)
+            y = fresh_attention(q, k, v, self.window, dropout_p)
+        else:  # new tokens after a cached prefix: all cached keys and the new ones, under the band of a local layer's window
             past = kv_cache.pos
             k, v = kv_cache.append(self.layer, k, v)  # (B, H, past + T, D)
-        dropout_p = self.dropout if self.training else 0.0
-        local = self.window and past + T > self.window  # a window that covers every key is plain causal attention
-        if local and past == 0 and T > 2 * self.window:
-            y = blocked_local_attention(q, k, v, self.window, dropout_p)
-        else:
-            if local:  # the band of the window, over the cached keys and the new ones
-                mask, causal = band_mask(T, past, self.window, x.device), False
-            elif past == 0:
-                mask, causal = None, True
-            elif T == 1:
-                mask, causal = None, False  # one new token sees everything before it
-            else:  # new tokens after a cached prefix: token i sees the prefix and new tokens up to i
-                mask, causal = band_mask(T, past, 0, x.device), False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
+            if T == 1 and (not self.window or past < self.window):
+                mask = None  # one new token that sees everything before it
+            else:
+                mask = band_mask(T, past, self.window if past + T > self.window else 0, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 

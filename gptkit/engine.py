@@ -111,7 +111,7 @@ class Engine:
             if cached != new:
                 break
             reused += 1
-        self.cache.pos = reused  # everything after the shared prefix is overwritten
+        reused = self.cache.rewind(reused)  # everything after the shared prefix is overwritten; 0 if a local layer's ring lost it
         self.cached_ids = self.cached_ids[:reused]  # true even if the forward below is interrupted (Ctrl-C)
         logits = self.model(torch.tensor([ids[reused:]], device=self.device), kv_cache=self.cache, last_only=True)[:, -1, :]
         self.cached_ids = list(ids)

@@ -1,8 +1,12 @@
 """Sparse attention: local (banded) and global layers, in training and through the KV cache, and in checkpoints."""
+import os
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import gptkit.model
 from gptkit.chat_session import ChatSession
 from gptkit.checkpoint import LAST, build_model, load_checkpoint, save_checkpoint
 from gptkit.engine import Engine, beam_search
@@ -88,6 +92,87 @@ def test_beam_search_and_a_chat_session_work_on_local_layers(bytes_tok):
     session = ChatSession(model, bytes_tok, greedy(max_new_tokens=10))
     replies = ["".join(session.respond(text)) for text in ("hello there", "and again", "a third turn")]
     assert replies[-1] == fresh_reply(model, bytes_tok, history(session), greedy(max_new_tokens=10))  # cache across turns = fresh prefill
+
+
+@pytest.fixture
+def small_rings(monkeypatch):
+    """Rings of window + 3 slots, so tiny models reach past them within a few dozen tokens."""
+    monkeypatch.setattr(gptkit.model, "RING_SLACK", 3)
+
+
+def test_a_local_layers_cache_is_a_ring_of_the_window_and_global_layers_keep_everything(small_rings):
+    config = local_model(window=4, pattern="LG", block_size=64).config
+    cache = KVCache(config, 1, 64, "cpu")
+    assert [k.shape[2] for k in cache.k] == [7, 64, 64]  # the last layer stays global
+    assert [cache.is_ring(layer) for layer in range(3)] == [True, False, False]
+    assert cache.nbytes() == 2 * (7 + 64 + 64) * config.n_embd * 4  # keys and values, float32
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_the_ring_matches_the_full_forward_pass(preset, small_rings):
+    model = local_model(preset, window=5, pattern="LG", block_size=64)
+    idx = torch.randint(0, 64, (2, 64))
+    full = model(idx)
+    cache = KVCache(model.config, 2, 64, "cpu")
+    assert cache.is_ring(0)
+    pieces = [model(idx[:, :7], kv_cache=cache), model(idx[:, 7:19], kv_cache=cache)]  # prefill, then more than a ring's worth
+    pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(19, 50)]  # one token at a time, round the ring many times
+    pieces.append(model(idx[:, 50:], kv_cache=cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_rewinding_within_the_slack_keeps_the_ring_and_further_back_prefills_again(small_rings):
+    model = local_model(window=4, pattern="LG", block_size=64)
+    ids = torch.randint(0, 64, (40,)).tolist()
+    engine = Engine(model)
+
+    def check(prompt, reused):
+        logits = engine.prefill(prompt)
+        assert engine.last_prefill["reused"] == reused
+        torch.testing.assert_close(logits, model(torch.tensor([prompt]))[:, -1], rtol=0, atol=1e-5)
+
+    check(ids[:30], 0)
+    check(ids[:27] + [1, 2, 3], 27)  # back 3 tokens: the ring of 7 (positions 23-29) still holds the 4 keys before 27
+    check(ids[:30], 27)
+    check(ids[:26] + [5, 6], 0)  # back 4: position 22's key was overwritten by 29's, so the cache starts again
+    check(ids[:26] + [5, 6, 7, 8, 9], 28)  # the next turn: no rewind
+    check(ids[:3] + [9], 0)  # near the start the window reaches back to position 0, long overwritten
+
+
+def test_generation_beams_and_chat_edits_through_the_ring_equal_fresh_prefills(bytes_tok, small_rings):
+    model = local_model(window=4, pattern="LG", block_size=96)
+    prompt = [3, 9, 4, 1, 7, 7, 2]
+    ids = list(prompt)
+    for _ in range(40):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert list(Engine(model).generate(prompt, 40, temperature=0)) == ids[len(prompt):]
+    ring_best = beam_search(model, [5, 6, 7], beam_size=3, max_new_tokens=30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gptkit.model, "RING_SLACK", 1000)  # no rings: full buffers under the band mask
+        assert beam_search(model, [5, 6, 7], beam_size=3, max_new_tokens=30) == ring_best
+    model = chat_model(bytes_tok, block_size=160, window=8, attn_pattern="LG")
+    session = ChatSession(model, bytes_tok, greedy(max_new_tokens=10))
+    assert session.engine.cache.is_ring(0)
+    for text in ("hello there", "and again", "a third turn"):
+        reply = "".join(session.respond(text))
+        assert reply == fresh_reply(model, bytes_tok, history(session), greedy(max_new_tokens=10))
+    for edit in (session.retry, lambda: (session.undo(), session.respond("something else"))[1]):
+        reply = "".join(edit())
+        assert reply == fresh_reply(model, bytes_tok, history(session), greedy(max_new_tokens=10))
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_the_compiled_decode_step_goes_round_the_ring_in_one_graph(small_rings):
+    model = local_model(window=4, pattern="LG", block_size=40)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            engine = Engine(model, compile=True)
+            assert engine.cache.is_ring(0)
+            for prompt, n in [([3, 17, 5, 40, 22], 50), ([1, 2], 10)]:  # 50 tokens run past the context of 40
+                assert list(engine.generate(prompt, n, temperature=0)) == list(Engine(model).generate(prompt, n, temperature=0))
+    finally:
+        torch._dynamo.reset()
 
 
 def test_a_checkpoint_keeps_the_pattern_and_resumes(tmp_path, data_dir):
