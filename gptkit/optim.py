@@ -4,6 +4,7 @@ import math
 import torch
 
 from gptkit.distributed import Distributed
+from gptkit.muon import Muon
 
 
 def make_optimizers(model, cfg, device):
@@ -22,7 +23,7 @@ def make_optimizers(model, cfg, device):
         adam_groups[0]["params"] = matrices + others_decay
         optimizers = [torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
     else:
-        optimizers = [torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
+        optimizers = [Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
                       torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
     for opt in optimizers:
         for group in opt.param_groups:
