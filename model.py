@@ -176,20 +176,25 @@ def band_mask(T, past, window, device):
     return mask & ~ones.tril(diagonal=past - window) if window else mask
 
 
-def blocked_local_attention(q, k, v, window, dropout_p=0.0):
-    """Banded attention without the masked-out work: each block of `window` queries attends to its own block and the
-    one before, (B, H, T, D) in and out. Exact: the band never reaches further back than the previous block."""
+QUERY_BLOCK = 128  # queries per block of the blocked layout: CPU SDPA is quickest at about this size (2x at window 256)
+
+
+def blocked_local_attention(q, k, v, window, dropout_p=0.0, block=QUERY_BLOCK):
+    """Banded attention without the masked-out work, (B, H, T, D) in and out: each block of b = min(window, block)
+    queries attends to the window - 1 keys before the block and the block's own, window + b - 1 keys in all.
+    Exact: no query of the block sees further back than that."""
     B, H, T, D = q.shape
-    W = window
-    n = -(-T // W)  # blocks; the last is padded (padded queries are dropped, padded keys lie in no real query's past)
-    q, k, v = (F.pad(t, (0, 0, 0, n * W - T)).view(B, H, n, W, D) for t in (q, k, v))
-    k, v = (torch.cat((torch.cat((torch.zeros_like(t[:, :, :1]), t[:, :, :-1]), dim=2), t), dim=3) for t in (k, v))  # (B, H, n, 2W, D)
-    i, j = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)[None, :]
-    mask = ((j > i) & (j <= i + W)).expand(n, W, 2 * W).clone()  # key j of the pair of blocks is W + i - j positions back
-    mask[0, :, :W] = False  # the first block has no block before it
-    y = F.scaled_dot_product_attention(q.reshape(B, H * n, W, D), k.reshape(B, H * n, 2 * W, D), v.reshape(B, H * n, 2 * W, D),
-                                       attn_mask=mask.repeat(H, 1, 1), dropout_p=dropout_p)
-    return y.view(B, H, n * W, D)[:, :, :T]
+    W, b = window, min(window, block)
+    n = -(-T // b)  # blocks; the last is padded (padded queries are dropped, padded keys lie in no real query's past)
+    span = W + b - 1
+    q = F.pad(q, (0, 0, 0, n * b - T)).view(B, H, n, b, D)
+    # W - 1 zero keys in front, so block i's keys are positions [i*b - W + 1, i*b + b) of the sequence: padded [i*b, i*b + span)
+    k, v = (F.pad(t, (0, 0, W - 1, n * b - T)).unfold(2, span, b).transpose(-1, -2) for t in (k, v))  # (B, H, n, span, D)
+    i, j = torch.arange(b, device=q.device)[:, None], torch.arange(span, device=q.device)[None, :]
+    first = torch.arange(n, device=q.device)[:, None, None] * b + j - (W - 1)  # each key's position in the sequence
+    mask = (j >= i) & (j < i + W) & (first >= 0)  # (n, b, span): the band of query i, and no padding keys in front
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return y.reshape(B, H, n * b, D)[:, :, :T]
 
 
 def fresh_attention(q, k, v, window, dropout_p=0.0):

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from test_bench import figure
 
 import gptkit.model
 from gptkit.chat_session import ChatSession
@@ -13,8 +14,9 @@ from gptkit.engine import Engine, beam_search
 from gptkit.errors import UsageError
 from gptkit.model import GPT, GPTConfig, KVCache, band_mask, blocked_local_attention
 from gptkit.train_config import TrainConfig, model_config
-from helpers import tiny_model
+from helpers import run_script, tiny_model
 from test_chat import chat_model, fresh_reply, greedy, history
+from test_cli import assert_one_line_error
 from test_resilience import tiny_run
 from train import train
 
@@ -23,12 +25,13 @@ def local_model(preset="modern", window=4, pattern="LG", block_size=48, n_layer=
     return tiny_model(preset, vocab_size=64, block_size=block_size, n_layer=n_layer, window=window, attn_pattern=pattern, seed=seed)
 
 
-@pytest.mark.parametrize("T, W", [(10, 3), (17, 4), (33, 8), (64, 16), (13, 1), (40, 7)])
-def test_the_blocked_layout_equals_the_band_mask_in_outputs_and_gradients(T, W):
+@pytest.mark.parametrize("T, W, block", [(10, 3, 128), (17, 4, 128), (33, 8, 128), (64, 16, 128), (13, 1, 128), (40, 7, 128),
+                                         (40, 7, 3), (33, 8, 4), (64, 16, 5), (17, 4, 1)])  # blocks of queries shorter than the window too
+def test_the_blocked_layout_equals_the_band_mask_in_outputs_and_gradients(T, W, block):
     torch.manual_seed(T * W)
     q, k, v = (torch.randn(2, 3, T, 8, requires_grad=True) for _ in range(3))
     reference = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(T, 0, W, "cpu"))
-    blocked = blocked_local_attention(q, k, v, W)
+    blocked = blocked_local_attention(q, k, v, W, block=block)
     torch.testing.assert_close(blocked, reference, rtol=0, atol=2e-6)
     for a, b in zip(torch.autograd.grad(blocked.square().sum(), (q, k, v)), torch.autograd.grad(reference.square().sum(), (q, k, v))):
         torch.testing.assert_close(a, b, rtol=0, atol=5e-6)
@@ -201,12 +204,28 @@ def test_a_windowed_model_exports_in_gptkits_layout_and_loads_back(tmp_path, byt
 @pytest.mark.parametrize("options, fragment", [
     ({"window": 4, "attn_pattern": "LXG"}, "may hold only L (local) and G (global)"),
     ({"window": 4, "attn_pattern": "LGLGLG"}, "names more layers than the model's 4"),
-    ({"window": 4}, "a window needs an L in the pattern"),
+    ({"window": 4, "attn_pattern": ""}, "a window needs an L in the pattern"),
     ({"attn_pattern": "LG"}, "local layers (L) need a window"),
 ])
 def test_bad_sparse_settings_are_one_line(options, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         model_config(TrainConfig(n_layer=4, **options), 256)
+
+
+@pytest.mark.parametrize("options, layout", [
+    ({}, ("", 0)),  # modern below 2,048 tokens: dense
+    ({"block_size": 2048}, ("LLLG", 256)),
+    ({"block_size": 4096, "n_layer": 12}, ("LLLG", 256)),  # read cyclically: LLLG LLLG LLLG
+    ({"block_size": 2048, "n_layer": 2}, ("LG", 256)),  # fewer layers than the pattern: the last one stays global
+    ({"block_size": 2048, "n_layer": 1}, ("", 0)),
+    ({"block_size": 4096, "preset": "gpt2"}, ("", 0)),  # GPT-2's layout stays dense
+    ({"window": 64}, ("LLLG", 64)),  # a window alone asks for the local pattern
+    ({"block_size": 4096, "attn_pattern": ""}, ("", 0)),  # empty: dense, whatever the context
+    ({"block_size": 4096, "attn_pattern": "LG", "window": 32}, ("LG", 32)),
+])
+def test_auto_picks_the_measured_pattern_for_long_contexts(options, layout):
+    config = model_config(TrainConfig(**options), 256)
+    assert (config.attn_pattern, config.window) == layout
 
 
 def test_a_negative_window_is_refused_by_the_option_parser():
@@ -218,3 +237,26 @@ def test_a_negative_window_is_refused_by_the_option_parser():
 def test_the_model_builds_for_every_layer_count():
     for n_layer in range(1, 5):
         GPT(GPTConfig(n_layer=n_layer, n_head=2, n_embd=16, block_size=16, vocab_size=32, window=2, attn_pattern="L"))
+
+
+def test_the_benchmark_prints_quality_speed_memory_and_chat_and_its_final_line(tmp_path, data_dir):
+    tiny = ["--n_layer=4", "--n_head=2", "--n_embd=32", f"--data_dir={data_dir}", "--tokenizer=bytes", "--eval_tokens=512", "--device=cpu",
+            "--window=16", "--runs=LG:8", f"--work_dir={tmp_path}", "--quality_context=48", "--quality_steps=2", "--quality_batch=2",
+            "--speed_contexts=48,96", "--speed_steps=1", "--speed_repeats=1", "--memory_context=256", "--chat_layers=4", "--chat_heads=2",
+            "--chat_width=64", "--chat_context=256", "--chat_turns=3", "--turn_tokens=20", "--chat_repeats=1"]
+    result = run_script("bench/sparse_attention.py", *tiny)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for label in ("dense:", "LLLG:16:", "LG:8:"):
+        assert figure(out, label, r": ([\d.]+) \([+-]") > 0  # bits per byte of each quality run
+    assert figure(out, "context    96:", r"LLLG:16 ([\d,]+) ") > 0
+    final = dict(kv.split("=") for kv in out.strip().splitlines()[-1].removeprefix("sparse_attention: ").split())
+    assert final["pattern"] == "LLLG" and final["window"] == "16"
+    assert float(final["bpb_dense"]) > 0 and float(final["bpb_pattern"]) > 0 and float(final["speedup_96"]) > 0
+    assert float(final["cache_ratio"]) == round((32768 + 3 * (16 + 64)) / (4 * 32768), 3)  # one global layer, three rings
+    assert 0 < float(final["chat_ttft_ratio"]) < 100
+    assert "reproduce: python bench/sparse_attention.py --n_layer=4" in out
+
+
+def test_the_benchmark_refuses_a_pattern_longer_than_the_model():
+    assert_one_line_error(run_script("bench/sparse_attention.py", "--n_layer=2", "--parts=memory"), "LLLG", "names more layers")
