@@ -2,7 +2,9 @@
 
 Shapes: B batch, T time (tokens), C channels (n_embd), H heads, D head size (C // H), V vocabulary.
 """
+import functools
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -197,9 +199,42 @@ def blocked_local_attention(q, k, v, window, dropout_p=0.0, block=QUERY_BLOCK):
     return y.reshape(B, H, n * b, D)[:, :, :T]
 
 
+@functools.cache
+def band_block_mask(T, window, device):
+    """FlexAttention's block mask of the band: which 128 x 128 tiles hold any key a query sees (built once per shape)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(lambda b, h, q, k: (k <= q) & (q - k < window), None, None, T, T, device=device)
+
+
+@functools.cache
+def compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)  # one fused kernel; eager FlexAttention is a slow reference
+
+
+def flex_local_attention(q, k, v, window, compiled=True):
+    """Banded attention through FlexAttention, which skips the tiles outside the band: the CUDA path (on a CPU, torch 2.13's
+    FlexAttention has no backward pass; compiled=False runs its eager reference, which the tests check on a CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = compiled_flex_attention() if compiled else flex_attention
+    return attend(q, k, v, block_mask=band_block_mask(q.shape[2], window, str(q.device)))
+
+
+FLEX = {"enabled": True}  # turned off for the process if FlexAttention fails on this GPU (the SDPA paths below remain)
+
+
 def fresh_attention(q, k, v, window, dropout_p=0.0):
     """Causal attention with nothing cached before (B, H, T, D): blocked beyond 2W tokens, band-masked beyond W, else plain causal."""
     T = q.shape[2]
+    if window and T > window and q.is_cuda and dropout_p == 0 and FLEX["enabled"]:
+        try:
+            return flex_local_attention(q, k, v, window)
+        except Exception as e:  # an old GPU or a compiler error: exact SDPA instead, and say so once
+            FLEX["enabled"] = False
+            warnings.warn(f"FlexAttention failed ({type(e).__name__}: {e}); local layers use SDPA", stacklevel=2)
     if window and T > 2 * window:
         return blocked_local_attention(q, k, v, window, dropout_p)
     if window and T > window:

@@ -1,6 +1,7 @@
 """Sparse attention: local (banded) and global layers, in training and through the KV cache, and in checkpoints."""
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from gptkit.chat_session import ChatSession
 from gptkit.checkpoint import LAST, build_model, load_checkpoint, save_checkpoint
 from gptkit.engine import Engine, beam_search
 from gptkit.errors import UsageError
-from gptkit.model import GPT, GPTConfig, KVCache, band_mask, blocked_local_attention
+from gptkit.model import GPT, GPTConfig, KVCache, band_mask, blocked_local_attention, flex_local_attention
 from gptkit.train_config import TrainConfig, model_config
 from helpers import run_script, tiny_model
 from test_chat import chat_model, fresh_reply, greedy, history
@@ -260,3 +261,14 @@ def test_the_benchmark_prints_quality_speed_memory_and_chat_and_its_final_line(t
 
 def test_the_benchmark_refuses_a_pattern_longer_than_the_model():
     assert_one_line_error(run_script("bench/sparse_attention.py", "--n_layer=2", "--parts=memory"), "LLLG", "names more layers")
+
+
+@pytest.mark.parametrize("T, W", [(256, 32), (300, 100), (130, 7)])  # T not a multiple of FlexAttention's 128-token tiles too
+def test_flexattentions_band_equals_the_band_mask(T, W):
+    """The CUDA path's mask, checked here through FlexAttention's eager reference (forward only: no backward on a CPU)."""
+    torch.manual_seed(T)
+    q, k, v = (torch.randn(1, 2, T, 16) for _ in range(3))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(T, 0, W, "cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FlexAttention warns that its eager path is slow
+        torch.testing.assert_close(flex_local_attention(q, k, v, W, compiled=False), reference, rtol=0, atol=1e-5)
