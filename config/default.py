@@ -1,6 +1,6 @@
 """What `python train.py` runs: a small modern GPT on the built-in corpus (Python's standard library source).
 
-About 6 minutes on 2 CPU cores; the sample it prints at the end reads like Python.
+About 10 minutes on 2 CPU cores; the sample it prints at the end reads like Python.
 Config files are read as data: only `name = value` lines, nothing is executed.
 """
 out_dir = "out"

@@ -157,13 +157,20 @@ class ChatSession:
         return self._generator
 
 
-def reply_accuracy(model, tokenizer, conversations, max_new_tokens=64):
-    """Exact-match accuracy of the final assistant message of each conversation, replied to greedily by a ChatSession.
+def exact_reply(got, expected):
+    """Whether a reply is the expected one, whole: only surrounding whitespace may differ, so "Your name is Anna."
+    is not "Your name is Ann." and "...is 879." is not "...is 87." (None, a reply that could not be made, never is)."""
+    return got is not None and got.strip() == expected.strip()
 
-    Returns {"all": (correct, total), KIND: (correct, total), ...} (kinds from a conversation's optional "kind") and
-    a few (prompt, expected, got) examples.
+
+def reply_accuracy(model, tokenizer, conversations, max_new_tokens=64, labels=None):
+    """Exact-match accuracy (exact_reply) of the final assistant message of each conversation, replied to greedily by a ChatSession.
+
+    Returns {"all": (correct, total), LABEL: (correct, total), ...} and a few (prompt, expected, got) examples.
+    The labels a conversation counts under are labels(conversation), an iterable of strings; by default its optional "kind".
     """
     session = ChatSession(model, tokenizer, replace(SamplingOptions(), temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens))
+    labels = labels or (lambda conversation: [conversation.get("kind")])
     counts, examples = {}, []
     for conversation in conversations:
         *context, last = conversation["messages"]
@@ -174,8 +181,8 @@ def reply_accuracy(model, tokenizer, conversations, max_new_tokens=64):
             got = "".join(session.reply()).strip()
         except UsageError:  # longer than the context: counts as wrong
             got = None
-        correct = got == last["content"].strip()
-        for key in ("all", conversation.get("kind")):
+        correct = exact_reply(got, last["content"])
+        for key in ("all", *labels(conversation)):
             if key:
                 right, total = counts.get(key, (0, 0))
                 counts[key] = (right + correct, total + 1)

@@ -61,21 +61,35 @@ def _as_batch(rows):
     return batch[:, :-1], batch[:, 1:]
 
 
+SORTED_BATCHES = 16  # batches whose conversations are drawn together and sorted by length: little padding, still shuffled
+
+
 class ConversationBatches:
     """Training batches of rendered conversations, shuffled anew every epoch; resumable from (epoch, index).
 
-    Rows are padded to the longest in the batch; targets are -1 where the loss mask is 0 and on padding.
+    Rows are padded to the longest in the batch; targets are -1 where the loss mask is 0 and on padding. To pad
+    little, each run of SORTED_BATCHES batches of the shuffled rows is sorted by length, cut into batches, and those
+    batches are shuffled: a batch holds conversations of about one length (lengths spread evenly from 10 to 300 pad
+    to 1.05x their tokens, against 1.7x in batches of 8 drawn freely).
     """
 
     def __init__(self, rows, batch_size, seed, pad_id):
         if not rows:
             raise UsageError("no conversation fits the context; raise --block_size or use shorter conversations")
         self.rows, self.batch_size, self.seed, self.pad_id = rows, batch_size, seed, pad_id
+        self.lengths = np.array([len(ids) for ids, _ in rows])
         self.epoch, self.index = 0, 0
         self.order = self._order()
 
     def _order(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shuffled, span, order = rng.permutation(len(self.rows)), self.batch_size * SORTED_BATCHES, []
+        for start in range(0, len(shuffled), span):
+            run = shuffled[start:start + span]
+            run = run[np.argsort(self.lengths[run], kind="stable")]
+            batches = [run[i:i + self.batch_size] for i in range(0, len(run), self.batch_size)]
+            order += [batches[i] for i in rng.permutation(len(batches))]
+        return np.concatenate(order)
 
     def next_batch(self):
         picked = []

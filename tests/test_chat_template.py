@@ -134,3 +134,12 @@ def test_read_conversations_reports_the_bad_line(tmp_path):
         read_conversations(path)
     with pytest.raises(UsageError, match="does not exist"):
         read_conversations(tmp_path / "missing.jsonl")
+
+
+def test_conversation_batches_hold_conversations_of_about_one_length():
+    rng = np.random.default_rng(0)
+    rows = [([1] * int(n), [1] * int(n)) for n in rng.integers(10, 300, size=1024)]
+    batches = ConversationBatches(rows, 8, seed=1, pad_id=0)
+    padded = sum(batches.next_batch()[0].size for _ in range(128))  # one epoch
+    assert sorted(batches.order) == list(range(1024))  # every row once
+    assert padded < 1.1 * sum(len(ids) - 1 for ids, _ in rows)  # shuffled freely, batches of 8 would pad about 1.6x
