@@ -229,7 +229,8 @@ FLEX = {"enabled": True}  # turned off for the process if FlexAttention fails on
 def fresh_attention(q, k, v, window, dropout_p=0.0):
     """Causal attention with nothing cached before (B, H, T, D): blocked beyond 2W tokens, band-masked beyond W, else plain causal."""
     T = q.shape[2]
-    if window and T > window and q.is_cuda and dropout_p == 0 and FLEX["enabled"]:
+    # FlexAttention in training only: compiled for one shape, it would recompile for every prompt length of generation
+    if window and T > window and q.is_cuda and torch.is_grad_enabled() and dropout_p == 0 and FLEX["enabled"]:
         try:
             return flex_local_attention(q, k, v, window)
         except Exception as e:  # an old GPU or a compiler error: exact SDPA instead, and say so once
