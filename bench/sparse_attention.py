@@ -63,7 +63,7 @@ class BenchConfig:
     turn_tokens: int = option(150, "tokens per user turn", bounds=">=1")
     reply_tokens: int = option(8, "tokens per greedy reply", bounds=">=1")
     chat_repeats: int = option(3, "conversations per model (the median is kept)", bounds=">=1")
-    chat_dtype: str = option("auto", "precision of the chat model (auto: what chat.py picks here, mixed on a CPU)", DTYPES)
+    chat_dtype: str = option("auto", "precision of the chat model (auto: what chat.py picks here: mixed on a CPU with fast bfloat16, else float32)", DTYPES)
     seed: int = option(1337, "seed of the weights, the batches and the chat turns")
 
 
@@ -72,7 +72,7 @@ def variants(cfg):
     found = [("dense", "", 0), (f"{cfg.pattern}:{cfg.window}", cfg.pattern, cfg.window)]
     for run in cfg.runs:
         pattern, _, window = run.partition(":")
-        if not window.isdigit() or int(window) < 1 or not pattern or set(pattern) - set("LG"):
+        if not window.isdigit() or int(window) < 1:  # the pattern itself is GPTConfig's to check (check_variants)
             raise UsageError(f"--runs: {run!r} is not PATTERN:WINDOW, e.g. LG:256 (L local, G global, a window of at least 1)")
         if (run, pattern, int(window)) not in found:
             found.append((run, pattern, int(window)))

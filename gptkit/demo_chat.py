@@ -149,9 +149,13 @@ def colour_value(rng, split):
     return f"{rng.choice(SHADES)} {base}" if rng.random() < 0.5 else base
 
 
-def list_value(rng, split):
-    items = rng.sample(ITEMS[split], rng.randint(2, 4))
+def spoken_list(items):
+    """"a, b and c": how a shopping list is said (value_split reads it back the same way)."""
     return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def list_value(rng, split):
+    return spoken_list(rng.sample(ITEMS[split], rng.randint(2, 4)))
 
 
 VALUES = {  # fact -> maker(rng, split); a maker may return a value of the other split, which make_value rejects
@@ -207,7 +211,7 @@ FREE_VALUES = {
     "pet": lambda rng: free_word(rng).capitalize(),
     "password": lambda rng: free_word(rng) + str(rng.randint(1, 999)),
     "colour": free_word,
-    "list": lambda rng: (lambda items: f"{', '.join(items[:-1])} and {items[-1]}")(free_words(rng, rng.randint(2, 4))),
+    "list": lambda rng: spoken_list(free_words(rng, rng.randint(2, 4))),
 }
 
 
