@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.chat_session import ChatSession
+from gptkit.chat_session import CHAT_TEMPERATURE, ChatSession
 from gptkit.chat_template import read_conversations
 from gptkit.checkpoint import build_model, resolve_checkpoint
 from gptkit.devices import pick_device
@@ -56,7 +56,7 @@ class ChatConfig(SamplingOptions):
     verbose: bool = option(False, "print the prefill and speed figures of every reply")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
-    temperature: float = option(0.3, "0 picks the most likely token; higher is more random", bounds=">=0")
+    temperature: float = option(CHAT_TEMPERATURE, "0 picks the most likely token; higher is more random", bounds=">=0")
 
 
 class Terminal:

@@ -1,9 +1,14 @@
-"""Export a checkpoint as a Hugging Face folder: python export.py --ckpt=out --out_dir=out_hf
+"""Export a checkpoint for other tools: a Hugging Face folder, or a GGUF file for llama.cpp and ollama.
 
-A GPT-2-layout model (--preset=gpt2) becomes a GPT2LMHeadModel that transformers' AutoModelForCausalLM loads:
-config.json and model.safetensors in its layout. Other layouts (rope, rmsnorm, relu2, qk_norm, no biases) have no class
-in transformers: they are written in gptkit's own layout (model_type "gptkit"), which sample.py, chat.py and
-train.py --init_from read back, as does gptkit.hf.from_pretrained. Both get gptkit_tokenizer.json and a README.md.
+  python export.py --ckpt=out --out_dir=out_hf                      # a Hugging Face folder (the default --format=hf)
+  python export.py --ckpt=out --format=gguf --type=f16 --out=m.gguf  # one GGUF file, and m.Modelfile for ollama
+
+--format=hf: a GPT-2-layout model (--preset=gpt2) becomes a GPT2LMHeadModel that transformers' AutoModelForCausalLM
+loads. Other layouts (rope, rmsnorm, relu2, qk_norm, no biases) have no class in transformers: they are written in
+gptkit's own layout (model_type "gptkit"), which sample.py, chat.py and train.py --init_from read back. Both get
+gptkit_tokenizer.json and a README.md with the Hub's metadata; --push_to_hub=USER/NAME uploads the folder.
+
+--format=gguf: the gpt2 preset as llama.cpp's gpt2 architecture, the tokenizer and chat template inside the file.
 """
 import json
 from dataclasses import dataclass
@@ -14,7 +19,9 @@ import torch
 from gptkit.checkpoint import BEST, LAST, build_model
 from gptkit.errors import UsageError, run_cli
 from gptkit.files import atomic_write, check_output
+from gptkit.gguf_export import GGUF_TYPES, write_gguf, write_modelfile
 from gptkit.hf import CONFIG_FILE, EXPORTED_TOKENIZER_FILE, gptkit_config, hf_config, is_hf_gpt2_layout, to_hf_state
+from gptkit.hub import check_repo_id, hub_readme, push_folder
 from gptkit.loading import load_any_checkpoint
 from gptkit.model import PRESETS
 from gptkit.options import option, parse_options
@@ -23,7 +30,13 @@ from gptkit.options import option, parse_options
 @dataclass
 class ExportConfig:
     ckpt: str = option("out", "a checkpoint file or the folder train.py wrote (best.pt, else last.pt); also a pretrained folder or hub name")
-    out_dir: str = option("out_hf", "the folder to write config.json, model.safetensors, gptkit_tokenizer.json and README.md into")
+    format: str = option("hf", "hf: a Hugging Face folder (--out_dir); gguf: one GGUF file for llama.cpp, ollama and LM Studio (--out)", ("hf", "gguf"))
+    out_dir: str = option("out_hf", "--format=hf: the folder to write config.json, model.safetensors, gptkit_tokenizer.json and README.md into")
+    out: str = option("", "--format=gguf: the file to write (empty: the checkpoint folder's name + .gguf, e.g. out.gguf); "
+                          "an ollama Modelfile is written beside it")
+    type: str = option("f32", "--format=gguf: the matrices' type (vectors stay f32); q8_0 needs a width divisible by 32", GGUF_TYPES)
+    push_to_hub: str = option("", "--format=hf: after writing the folder, upload it to the Hugging Face Hub as USER/NAME (needs `hf auth login`)")
+    license: str = option("other", "the license the folder's README.md declares to the Hub, e.g. mit or apache-2.0")
 
 
 def layout_differences(config):
@@ -35,33 +48,14 @@ def layout_differences(config):
     return ", ".join(differences)
 
 
-def export_readme(kind, model, tokenizer, source, out_dir):
-    c = model.config
-    lines = [f"# {Path(out_dir).name}", "",
-             f"A GPT trained with gptkit, exported from `{source}`: {model.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers x "
-             f"{c.n_embd} wide, {c.n_head} heads, context {c.block_size} tokens, vocabulary {c.vocab_size}.", ""]
-    if kind == "gpt2":
-        lines += ["Load it with transformers (as `GPT2LMHeadModel`):", "", "```python",
-                  "from transformers import AutoModelForCausalLM", f"model = AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", "```", "",
-                  f"or with gptkit: `python sample.py --ckpt={out_dir}`, `python chat.py --ckpt={out_dir}`, `gptkit.hf.from_pretrained({str(out_dir)!r})`.", ""]
-    else:
-        lines += [f"transformers has no class for this model's layout ({layout_differences(c)}), so `AutoModelForCausalLM` cannot load it. "
-                  f"The weights are in gptkit's own layout (`model.safetensors` with gptkit's names; `config.json` holds its `GPTConfig`). "
-                  f"Load it with gptkit: `python sample.py --ckpt={out_dir}`, `python chat.py --ckpt={out_dir}`, "
-                  f"`python train.py --init_from={out_dir}`, or `gptkit.hf.from_pretrained({str(out_dir)!r})`.", ""]
-    lines += [f"The tokenizer is `{EXPORTED_TOKENIZER_FILE}`, gptkit's format (tiktoken merge ranks and special tokens; `Tokenizer.from_json`), "
-              f"a {tokenizer.kind} tokenizer of {tokenizer.n_vocab} ids; `<|endoftext|>` is id {tokenizer.eot_id}. transformers does not read it."]
-    if tokenizer.kind == "gpt2":
-        lines += ["It is GPT-2's encoding, so transformers' GPT-2 tokenizer gives the same ids for ordinary text; ids from 50257 on are "
-                  "gptkit's chat special tokens."]
-    return "\n".join(lines) + "\n"
-
-
-def export(ckpt_spec, out_dir):
-    """Write the checkpoint's model as a folder in out_dir; return the layout written: "gpt2" or "gptkit"."""
+def export(ckpt_spec, out_dir, license="other", push_to_hub=""):
+    """Write the checkpoint's model as a folder in out_dir (and upload it when push_to_hub names a Hub repo);
+    return the layout written: "gpt2" or "gptkit"."""
     from safetensors.torch import save
 
     out_dir = check_output(out_dir, "out_dir", folder=True)
+    if push_to_hub:
+        check_repo_id(push_to_hub)
     if any((out_dir / name).is_file() for name in (BEST, LAST)):
         raise UsageError(f"{out_dir}/ holds training checkpoints ({BEST}/{LAST}); export into another folder")
     ckpt = load_any_checkpoint(ckpt_spec)
@@ -76,7 +70,7 @@ def export(ckpt_spec, out_dir):
     with atomic_write(out_dir / "model.safetensors") as f:
         f.write(save(tensors, metadata={"format": "pt"}))
     for name, text in ((CONFIG_FILE, json.dumps(config, indent=2) + "\n"), (EXPORTED_TOKENIZER_FILE, tokenizer.to_json()),
-                       ("README.md", export_readme(kind, model, tokenizer, ckpt["path"], out_dir))):
+                       ("README.md", hub_readme(kind, model, tokenizer, ckpt, out_dir, license, layout_differences(model.config)))):
         with atomic_write(out_dir / name, "w") as f:
             f.write(text)
     if kind == "gpt2":
@@ -85,12 +79,43 @@ def export(ckpt_spec, out_dir):
     else:
         print(f"note: transformers has no class for this model's layout ({layout_differences(model.config)}); wrote {out_dir}/ in gptkit's "
               f"own format, which loads back with --ckpt={out_dir}, --init_from={out_dir} or gptkit.hf.from_pretrained({str(out_dir)!r})")
+    if push_to_hub:
+        push_folder(out_dir, push_to_hub)
+        print(f"uploaded {out_dir}/ to the Hugging Face Hub as {push_to_hub}")
     return kind
+
+
+def export_gguf(ckpt_spec, out="", gguf_type="f32"):
+    """Write the checkpoint's model as one GGUF file and an ollama Modelfile beside it; returns the GGUF's path."""
+    out = check_output(out or default_gguf_path(ckpt_spec), "out")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out={out}: the folder {out.parent} does not exist; create it first, or write the file elsewhere")
+    ckpt = load_any_checkpoint(ckpt_spec)
+    model, tokenizer = build_model(ckpt)
+    write_gguf(model, tokenizer, out, gguf_type)  # checks first that llama.cpp can run the model, in one line
+    modelfile = write_modelfile(out, model.config.block_size)
+    print(f"wrote {out} ({gguf_type}, {out.stat().st_size / 2**20:.1f} MiB; llama.cpp's gpt2 architecture) and {modelfile}: "
+          f"llama-cli -m {out} -cnv, or ollama create {out.stem} -f {modelfile}")
+    return out
+
+
+def default_gguf_path(ckpt_spec):
+    """out.gguf for --ckpt=out or out/best.pt (train.py's names), run1.gguf for run1.pt, gpt2.gguf for a hub name."""
+    path = Path(ckpt_spec)
+    if path.suffix == ".pt" and path.name not in (BEST, LAST):
+        return f"{path.stem}.gguf"
+    folder = path.parent if path.suffix == ".pt" else path
+    return f"{folder.resolve().name or 'model'}.gguf"
 
 
 def main():
     cfg = parse_options(ExportConfig, description=__doc__, positional=None)
-    export(cfg.ckpt, cfg.out_dir)
+    if cfg.format == "gguf":
+        if cfg.push_to_hub:
+            raise UsageError("--push_to_hub uploads the Hugging Face folder; use it with --format=hf (upload a GGUF with `hf upload USER/NAME FILE.gguf`)")
+        export_gguf(cfg.ckpt, cfg.out, cfg.type)
+    else:
+        export(cfg.ckpt, cfg.out_dir, cfg.license, cfg.push_to_hub)
 
 
 def cli():

@@ -11,6 +11,7 @@ from gptkit.chat_template import prompt_for_reply
 from gptkit.engine import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
 from gptkit.errors import UsageError
 
+CHAT_TEMPERATURE = 0.3  # chat.py's default: lower than a completion's, so replies stay on the conversation
 
 class ChatSession:
     """Messages as {"role", "content", "ids"} (ids: the content's tokens, as generated or encoded).

@@ -14,6 +14,18 @@ from gptkit.sources import dataset_documents, jsonl_records
 
 ROLES = ("system", "user", "assistant")
 
+# The same template for other runtimes, which read the text and find the special tokens in it (a message's text is
+# tokenized apart from the tokens around it, as here). Jinja: Hugging Face's and llama.cpp's tokenizer.chat_template.
+JINJA_TEMPLATE = (
+    "{{ '<|bos|>' }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('gptkit models know the roles system, user and assistant, not ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '_start|>' + message['content'] + '<|' + message['role'] + '_end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant_start|>' }}{% endif %}"
+)
+# Ollama's Go template (a Modelfile's TEMPLATE): it always ends by asking for the assistant's reply.
+OLLAMA_TEMPLATE = "<|bos|>{{ range .Messages }}<|{{ .Role }}_start|>{{ .Content }}<|{{ .Role }}_end|>{{ end }}<|assistant_start|>"
+
 
 def message_ids(tokenizer, role, content_ids):
     """One message's tokens and loss mask: the assistant learns its own words and its end-of-turn token, nothing else."""

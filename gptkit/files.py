@@ -21,13 +21,20 @@ def atomic_write(path, mode="wb"):
 
     A crash, Ctrl-C or full disk at any moment leaves either the old file or the new one, never half of it.
     """
+    with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
+
+
+@contextmanager
+def atomic_path(path):
+    """A temporary path beside `path`, for a writer that opens the file itself; on success the file is fsynced and
+    renamed over `path`, so a crash leaves the old file or the new one. The one place that renames a finished write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer has closed it: flushed, but maybe not yet on disk
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
