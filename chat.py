@@ -20,12 +20,12 @@ import torch
 
 from gptkit.chat_session import CHAT_TEMPERATURE, ChatSession
 from gptkit.chat_template import read_conversations
-from gptkit.checkpoint import build_model, resolve_checkpoint
+from gptkit.checkpoint import build_model
 from gptkit.devices import pick_device
 from gptkit.engine import SamplingOptions, check_sampling, sampling_options
 from gptkit.errors import UsageError, run_cli
 from gptkit.files import atomic_write
-from gptkit.loading import load_any_checkpoint
+from gptkit.loading import default_chat_checkpoint, load_any_checkpoint
 from gptkit.options import format_value, option, parse_options, set_option
 from gptkit.precision import DTYPES, for_generation
 from gptkit.precision import HELP as DTYPE_HELP
@@ -322,21 +322,10 @@ def run(repl, source, interactive):
             repl.user_turn(read_message(line, lambda: source.read("... ")))
 
 
-def default_checkpoint(ckpt):
-    if ckpt:
-        return ckpt
-    for folder in ("out_chat", "out"):
-        try:
-            return str(resolve_checkpoint(folder))
-        except UsageError:
-            continue
-    raise UsageError("no checkpoint in out_chat/ or out/; train one (python train.py, then python train.py config/chat_demo.py) or pass --ckpt")
-
-
 def main():
     cfg = parse_options(ChatConfig, description=__doc__, positional=None)
     check_sampling(cfg)
-    ckpt = load_any_checkpoint(default_checkpoint(cfg.ckpt))
+    ckpt = load_any_checkpoint(default_chat_checkpoint(cfg.ckpt))
     device = pick_device(cfg.device)
     model, tokenizer = build_model(ckpt, device)
     n_params = model.num_params()

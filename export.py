@@ -12,7 +12,6 @@ gptkit_tokenizer.json and a README.md with the Hub's metadata; --push_to_hub=USE
 """
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -22,7 +21,7 @@ from gptkit.files import atomic_write, check_output
 from gptkit.gguf_export import GGUF_TYPES, write_gguf, write_modelfile
 from gptkit.hf import CONFIG_FILE, EXPORTED_TOKENIZER_FILE, gptkit_config, hf_config, is_hf_gpt2_layout, to_hf_state
 from gptkit.hub import check_repo_id, hub_readme, push_folder
-from gptkit.loading import load_any_checkpoint
+from gptkit.loading import checkpoint_name, load_any_checkpoint
 from gptkit.model import PRESETS
 from gptkit.options import option, parse_options
 
@@ -87,7 +86,7 @@ def export(ckpt_spec, out_dir, license="other", push_to_hub=""):
 
 def export_gguf(ckpt_spec, out="", gguf_type="f32"):
     """Write the checkpoint's model as one GGUF file and an ollama Modelfile beside it; returns the GGUF's path."""
-    out = check_output(out or default_gguf_path(ckpt_spec), "out")
+    out = check_output(out or f"{checkpoint_name(ckpt_spec)}.gguf", "out")
     if not out.parent.is_dir():
         raise UsageError(f"--out={out}: the folder {out.parent} does not exist; create it first, or write the file elsewhere")
     ckpt = load_any_checkpoint(ckpt_spec)
@@ -97,15 +96,6 @@ def export_gguf(ckpt_spec, out="", gguf_type="f32"):
     print(f"wrote {out} ({gguf_type}, {out.stat().st_size / 2**20:.1f} MiB; llama.cpp's gpt2 architecture) and {modelfile}: "
           f"llama-cli -m {out} -cnv, or ollama create {out.stem} -f {modelfile}")
     return out
-
-
-def default_gguf_path(ckpt_spec):
-    """out.gguf for --ckpt=out or out/best.pt (train.py's names), run1.gguf for run1.pt, gpt2.gguf for a hub name."""
-    path = Path(ckpt_spec)
-    if path.suffix == ".pt" and path.name not in (BEST, LAST):
-        return f"{path.stem}.gguf"
-    folder = path.parent if path.suffix == ".pt" else path
-    return f"{folder.resolve().name or 'model'}.gguf"
 
 
 def main():

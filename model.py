@@ -2,6 +2,7 @@
 
 Shapes: B batch, T time (tokens), C channels (n_embd), H heads, D head size (C // H), V vocabulary.
 """
+import copy
 import functools
 import math
 import warnings
@@ -98,12 +99,12 @@ class KVCache:
     (`slot_pos`, -1 when empty), so its memory stays the same however long the conversation grows.
     """
 
-    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
+    def __init__(self, config, batch_size, max_len, device, dtype=torch.float32, rings=True):
         self.max_len, self.window, self.pos = max_len, config.window, 0
         self.k, self.v, self.slot_pos = [], [], []
         for layer in range(config.n_layer):
             window = config.layer_window(layer)
-            ring = bool(window) and window + RING_SLACK < max_len  # a ring as long as the buffer would save nothing
+            ring = rings and bool(window) and window + RING_SLACK < max_len  # a ring as long as the buffer would save nothing
             shape = (batch_size, config.n_head, window + RING_SLACK if ring else max_len, config.n_embd // config.n_head)
             self.k.append(torch.zeros(shape, device=device, dtype=dtype))
             self.v.append(torch.zeros(shape, device=device, dtype=dtype))
@@ -152,6 +153,18 @@ class KVCache:
             self.high = 0
         self.pos = pos
         return pos
+
+    def rows(self, rows, pos):
+        """A cache over some batch rows of these buffers (a slice: no copy), at `pos`: an int, or a (B,) tensor of each
+        row's length for a one-token step where every row is at its own position (batched serving). Not for rings."""
+        view = copy.copy(self)
+        view.k, view.v, view.pos = [t[rows] for t in self.k], [t[rows] for t in self.v], pos
+        return view
+
+    def swap_rows(self, a, b):
+        """Exchange two batch rows' keys and values (a server keeps its running sequences in the first rows)."""
+        for buffer in self.k + self.v:
+            buffer[[a, b]] = buffer[[b, a]]
 
     def reorder(self, rows):
         """Make the first len(rows) batch rows copies of `rows` (beam search follows its surviving beams)."""
@@ -243,6 +256,20 @@ def fresh_attention(q, k, v, window, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
 
+def per_row_attention(q, k, v, cache, layer, window):
+    """One new token per row, each row at its own position cache.pos[b] (B,): store its key and value there, and attend
+    to that row's keys up to it (its last `window` when the layer is local)."""
+    pos, rows = cache.pos, torch.arange(q.shape[0], device=q.device)
+    cache.k[layer][rows, :, pos] = k[:, :, 0].to(cache.dtype)
+    cache.v[layer][rows, :, pos] = v[:, :, 0].to(cache.dtype)
+    end = int(pos.max()) + 1
+    key_pos = torch.arange(end, device=q.device)[None, :]
+    mask = key_pos <= pos[:, None]
+    if window:
+        mask &= key_pos > pos[:, None] - window
+    return F.scaled_dot_product_attention(q, cache.k[layer][:, :, :end], cache.v[layer][:, :, :end], attn_mask=mask[:, None, None, :])
+
+
 def ring_attention(q, k, v, cache, layer, window):
     """A local layer's attention over its ring and this step's keys, then the ring keeps the newest of them.
 
@@ -282,7 +309,9 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout_p = self.dropout if self.training else 0.0
-        if kv_cache is not None and kv_cache.is_ring(self.layer):
+        if kv_cache is not None and torch.is_tensor(kv_cache.pos):
+            y = per_row_attention(q, k, v, kv_cache, self.layer, self.window)
+        elif kv_cache is not None and kv_cache.is_ring(self.layer):
             y = ring_attention(q, k, v, kv_cache, self.layer, self.window)
         elif kv_cache is None or kv_cache.pos == 0:
             if kv_cache is not None:
@@ -375,17 +404,21 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context of {self.config.block_size}")
+        if torch.is_tensor(start):  # each row at its own position (KVCache.rows)
+            positions, end = start[:, None] + torch.arange(T, device=idx.device), int(start.max()) + T  # (B, T)
+        else:
+            positions, end = torch.arange(start, start + T, device=idx.device), start + T  # (T,)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than the model's context of {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos_encoding == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.pos_table[start:start + T].to(x.dtype)
+            x = x + self.pos_table[positions].to(x.dtype)
         else:
-            cos, sin = self.pos_table[:, start:start + T].to(x.dtype)  # (T, D/2) each
-            rope = (cos, sin)
+            cos, sin = self.pos_table[:, positions].to(x.dtype)  # (T, D/2) each, or (B, T, D/2)
+            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache)

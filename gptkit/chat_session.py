@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from gptkit.chat_template import prompt_for_reply
+from gptkit.chat_template import drop_oldest_turns, prompt_for_reply
 from gptkit.engine import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
 from gptkit.errors import UsageError
 
@@ -79,19 +79,13 @@ class ChatSession:
         """Drop the oldest turns (never the system prompt, never the last message) until the prompt and room for a
         reply fit the context. Returns (messages, turns dropped); raises UsageError when even the last message alone is too long.
         """
-        messages, dropped = list(messages), 0
         limit = self.block_size - self.reply_room()
-        while len(self.render(messages)) > limit:
-            first = 1 if messages[0]["role"] == "system" else 0
-            if first >= len(messages) - 1:
-                alone = len(self.render(messages))
-                raise UsageError(f"that message needs {alone} tokens with the system prompt, but the model's context is {self.block_size} "
-                                 f"tokens with {self.reply_room()} kept for the reply; shorten it")
-            del messages[first]  # a user message, and the assistant reply after it
-            if first < len(messages) - 1 and messages[first]["role"] == "assistant":
-                del messages[first]
-            dropped += 1
-        return messages, dropped
+        fitted, dropped = drop_oldest_turns(messages, lambda kept: len(self.render(kept)) <= limit, role=lambda m: m["role"])
+        if fitted is None:
+            alone = len(self.render([m for i, m in enumerate(messages) if i == len(messages) - 1 or (i == 0 and m["role"] == "system")]))
+            raise UsageError(f"that message needs {alone} tokens with the system prompt, but the model's context is {self.block_size} "
+                             f"tokens with {self.reply_room()} kept for the reply; shorten it")
+        return fitted, dropped
 
     def respond(self, user_text):
         """Add a user message and return the reply's text stream. A message that cannot fit raises UsageError and is not kept."""

@@ -50,6 +50,22 @@ def prompt_for_reply(tokenizer, turns):
     return render_turns(tokenizer, turns)[0] + [tokenizer.special_id("<|assistant_start|>")]
 
 
+def drop_oldest_turns(turns, fits, role=lambda turn: turn[0]):
+    """Drop the oldest turns until fits(turns): a user message and the reply after it at a time, never a first system
+    message and never the last message. Returns (turns, number dropped), or (None, number dropped) when even the
+    system message and the last one alone do not fit. `role` reads a turn's role (turns are (role, ...) by default)."""
+    turns, dropped = list(turns), 0
+    while not fits(turns):
+        first = 1 if role(turns[0]) == "system" else 0
+        if first >= len(turns) - 1:
+            return None, dropped
+        del turns[first]
+        if first < len(turns) - 1 and role(turns[first]) == "assistant":
+            del turns[first]
+        dropped += 1
+    return turns, dropped
+
+
 def render_conversation(tokenizer, messages):
     """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
     check_messages(messages)

@@ -238,23 +238,44 @@ class TextStream:
         return self.decoder.decode(b"", final=True)
 
 
-def stream_text(tokens, tokenizer, stop_strings=()):
-    """Text pieces of a token stream, ending before the first stop string (which is never printed).
+class StopText:
+    """Text of a token stream fed one token at a time, ending before the first stop string (which is never returned).
 
     Text that could be the start of a stop string is held back until the next tokens settle it.
     """
-    stream, pending = TextStream(tokenizer), ""
-    for token in tokens:
-        pending += stream.feed(token)
-        hit = min((i for i in (pending.find(s) for s in stop_strings) if i >= 0), default=-1)
+
+    def __init__(self, tokenizer, stop_strings=()):
+        self.stream, self.stop_strings, self.pending, self.stopped = TextStream(tokenizer), [s for s in stop_strings if s], "", False
+
+    def feed(self, token_id):
+        """The text that is now certain; sets .stopped when a stop string has appeared."""
+        self.pending += self.stream.feed(token_id)
+        hit = min((i for i in (self.pending.find(s) for s in self.stop_strings) if i >= 0), default=-1)
         if hit >= 0:
-            yield pending[:hit]
+            self.stopped = True
+            text, self.pending = self.pending[:hit], ""
+            return text
+        hold = max((k for s in self.stop_strings for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        text = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold:]
+        return text
+
+    def flush(self):
+        """What was held back, once the stream has ended without a stop string."""
+        text, self.pending = ("" if self.stopped else self.pending + self.stream.flush()), ""
+        return text
+
+
+def stream_text(tokens, tokenizer, stop_strings=()):
+    """Text pieces of a token stream, ending before the first stop string (which is never printed)."""
+    stopper = StopText(tokenizer, stop_strings)
+    for token in tokens:
+        text = stopper.feed(token)
+        if text:
+            yield text
+        if stopper.stopped:
             return
-        hold = max((k for s in stop_strings for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
-        if len(pending) > hold:
-            yield pending[:len(pending) - hold]
-            pending = pending[len(pending) - hold:]
-    yield pending + stream.flush()
+    yield stopper.flush()
 
 
 class Timer:

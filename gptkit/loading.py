@@ -1,6 +1,9 @@
 """What --ckpt and --init_from accept: our checkpoint, a Hugging Face GPT-2 folder (or what export.py wrote), or a hub name."""
+from pathlib import Path
+
 from gptkit import hf
-from gptkit.checkpoint import load_checkpoint
+from gptkit.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint
+from gptkit.errors import UsageError
 
 
 def load_any_checkpoint(spec, map_location="cpu"):
@@ -9,3 +12,24 @@ def load_any_checkpoint(spec, map_location="cpu"):
     if hf.is_pretrained(spec):
         return hf.hf_checkpoint(spec)
     return load_checkpoint(spec, map_location)
+
+
+def default_chat_checkpoint(ckpt):
+    """What chat.py and serve.py load: --ckpt when given, else out_chat/ (the chat demo) when it holds a checkpoint, else out/."""
+    if ckpt:
+        return ckpt
+    for folder in ("out_chat", "out"):
+        try:
+            return str(resolve_checkpoint(folder))
+        except UsageError:
+            continue
+    raise UsageError("no checkpoint in out_chat/ or out/; train one (python train.py, then python train.py config/chat_demo.py) or pass --ckpt")
+
+
+def checkpoint_name(spec):
+    """A short name for what --ckpt names: out for out/ or out/best.pt (train.py's files), run1 for run1.pt, gpt2 for a hub name."""
+    path = Path(spec)
+    if path.suffix == ".pt" and path.name not in (BEST, LAST):
+        return path.stem
+    folder = path.parent if path.suffix == ".pt" else path
+    return folder.resolve().name or "model"

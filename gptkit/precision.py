@@ -57,13 +57,19 @@ class HalfWeightLinear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias_bf16).to(x.dtype)
 
 
-def half_weight_linears(module):
-    """Replace every nn.Linear under `module` with a HalfWeightLinear, in place."""
+def replace_linears(module, make):
+    """Replace every nn.Linear under `module` with make(linear), in place; returns `module`."""
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, HalfWeightLinear(child))
+            setattr(module, name, make(child))
         else:
-            half_weight_linears(child)
+            replace_linears(child, make)
+    return module
+
+
+def half_weight_linears(module):
+    """Replace every nn.Linear under `module` with a HalfWeightLinear, in place."""
+    return replace_linears(module, HalfWeightLinear)
 
 
 def transposed_linears(module):
