@@ -11,7 +11,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-TOP_LEVEL = ["model.py", "train.py", "sample.py", "chat.py", "evaluate.py", "export.py", "plot.py",
+TOP_LEVEL = ["model.py", "train.py", "sample.py", "chat.py", "evaluate.py", "export.py", "plot.py", "serve.py",
              "data/__init__.py", "data/prepare.py", "data/synthetic_chat.py", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "config").glob("*"))]
 
 
