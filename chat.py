@@ -11,6 +11,7 @@ each reply is printed on its own line, and notes go to stderr.
 import difflib
 import importlib
 import json
+import os
 import sys
 import unicodedata
 from dataclasses import dataclass, fields
@@ -44,6 +45,8 @@ HELP = """commands:
   /load FILE          load a conversation saved by /save (or any {"messages": [...]} line)
 multi-line input: end a line with \\ to continue it, or type \"\"\" on a line, the message, then \"\"\" again"""
 COMMANDS = ("help", "exit", "quit", "reset", "system", "undo", "retry", "set", "show", "stats", "save", "load")
+DEFAULT_HISTORY = "~/.gptkit_chat_history"
+HISTORY_OFF = ("", "off", "0", "false", "no")  # GPTKIT_CHAT_HISTORY values that turn the history file off
 
 
 # -- options and the terminal ---------------------------------------------------------------------------------------------
@@ -57,6 +60,9 @@ class ChatConfig(SamplingOptions):
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
     temperature: float = option(CHAT_TEMPERATURE, "0 picks the most likely token; higher is more random", bounds=">=0")
+    history: str = option(DEFAULT_HISTORY, "the file that keeps typed lines between sessions (Up arrow, Ctrl-R); empty, or "
+                                           "GPTKIT_CHAT_HISTORY=off, keeps none")
+    save: str = option("", "write the conversation to this JSONL file after every turn, as /save does")
 
 
 class Terminal:
@@ -85,8 +91,9 @@ def clean(text):
 # -- the REPL: one line in, a reply or a command out ----------------------------------------------------------------------
 
 class Repl:
-    def __init__(self, session, terminal, verbose):
+    def __init__(self, session, terminal, verbose, save_path=""):
         self.session, self.term, self.verbose = session, terminal, verbose
+        self.save_path, self.saved = save_path, None  # --save: the file, and the messages last written there
 
     # --- turns ------------------------------------------------------------------------------------------------
 
@@ -202,14 +209,24 @@ class Repl:
     def cmd_save(self, arg):
         if not arg:
             self.term.note("[usage: /save FILE]")
-            return
+        elif self.write(arg):
+            self.term.note(f"[saved {len(self.session.messages)} messages to {arg}]")
+
+    def write(self, path):
+        """The conversation as one JSONL line {"messages": [...]}, written atomically; False (and a note) when it cannot be."""
         try:
-            with atomic_write(Path(arg).expanduser(), "w") as f:
+            with atomic_write(Path(path).expanduser(), "w") as f:
                 f.write(json.dumps({"messages": self.session.plain_messages()}, ensure_ascii=False) + "\n")
         except (OSError, UsageError) as e:
-            self.term.note(f"[could not save to {arg}: {e}]")
-            return
-        self.term.note(f"[saved {len(self.session.messages)} messages to {arg}]")
+            self.term.note(f"[could not save to {path}: {e}]")
+            return False
+        return True
+
+    def autosave(self):
+        """--save: write the conversation whenever it has changed."""
+        messages = self.session.plain_messages()
+        if self.save_path and messages != self.saved and self.write(self.save_path):
+            self.saved = messages
 
     def cmd_load(self, arg):
         if not arg:
@@ -244,14 +261,48 @@ def read_message(first_line, read_more):
 
 
 class TerminalInput:
-    """Lines typed at a prompt, with line editing; Ctrl-C at the prompt warns once and quits when pressed again."""
+    """Lines typed at a prompt, with readline's line editing: history kept in a file between sessions (Up arrow, Ctrl-R
+    to search it), Tab completing slash commands and /set's options, and a multi-line paste arriving as one message
+    (bracketed paste). Ctrl-C at the prompt warns once and quits when pressed again."""
 
-    def __init__(self):
+    def __init__(self, history=""):
+        self.warned, self.history, self.readline = False, None, None
         try:
-            importlib.import_module("readline")  # importing it gives input() line editing and history
+            self.readline = importlib.import_module("readline")  # importing it gives input() line editing
         except ImportError:
-            pass
-        self.warned = False
+            return
+        rl = self.readline
+        if "libedit" in (rl.__doc__ or ""):  # macOS's readline stand-in has its own syntax
+            rl.parse_and_bind("bind ^I rl_complete")
+        else:
+            rl.parse_and_bind("tab: complete")
+            rl.parse_and_bind("set enable-bracketed-paste on")  # a pasted block with newlines is one input, not one per line
+        rl.set_completer_delims(" \t\n")
+        rl.set_completer(self.complete)
+        if history:
+            self.open_history(Path(history).expanduser())
+
+    def open_history(self, path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600, exist_ok=True)  # typed lines can be private: readable by this user only
+            self.readline.read_history_file(path)
+            self.readline.set_history_length(HISTORY_LENGTH)
+            self.history = path
+        except OSError as e:
+            print(f"[no input history: {path} cannot be used ({e.strerror or e})]")
+
+    def complete(self, text, state):
+        """readline's completer: slash commands, and after /set the sampling options."""
+        line = self.readline.get_line_buffer()
+        if line.startswith("/set ") and " " not in line[len("/set "):]:
+            options = [f.name for f in fields(SamplingOptions)]
+        elif line.startswith("/") and " " not in line:
+            options = [f"/{c}" for c in COMMANDS]
+        else:
+            return None
+        matches = [f"{o} " for o in options if o.startswith(text)]  # the space: what follows a command or an option
+        return matches[state] if state < len(matches) else None
 
     def read(self, prompt):
         """The next line, or None to quit."""
@@ -259,6 +310,7 @@ class TerminalInput:
             try:
                 line = input(prompt)
                 self.warned = False
+                self.remember()
                 return line
             except KeyboardInterrupt:
                 if self.warned:
@@ -271,6 +323,15 @@ class TerminalInput:
             except EOFError:
                 print()
                 return None
+
+
+    def remember(self):
+        """Add the line just read to the history file at once, so a crash or a kill keeps it."""
+        if self.history is not None:
+            try:
+                self.readline.append_history_file(1, self.history)
+            except OSError:
+                self.history = None  # the file went away or filled the disk: keep the session going without it
 
 
 class PipedInput:
@@ -287,6 +348,17 @@ class PipedInput:
             except UnicodeDecodeError as e:
                 self.term.note(f"[line {self.number} is not valid UTF-8 (byte {e.start}); skipped]")
         return None
+
+
+HISTORY_LENGTH = 2000  # lines the history file keeps
+
+
+def history_file(option):
+    """The history file to use: --history, unless GPTKIT_CHAT_HISTORY turns it off (off, 0, false, no) or names another."""
+    setting = os.environ.get("GPTKIT_CHAT_HISTORY")
+    if setting is not None:
+        return "" if setting.strip().lower() in HISTORY_OFF else setting
+    return option
 
 
 def json_message(line):
@@ -320,6 +392,7 @@ def run(repl, source, interactive):
                 return
         else:
             repl.user_turn(read_message(line, lambda: source.read("... ")))
+        repl.autosave()
 
 
 def main():
@@ -340,8 +413,9 @@ def main():
     if not ckpt.get("chat_tuned"):
         term.note("note: this checkpoint was not fine-tuned for chat, so it sees the raw chat template and may ramble "
                   "(config/chat_demo.py shows how to fine-tune one)")
-    repl = Repl(session, term, cfg.verbose)
-    run(repl, TerminalInput() if interactive else PipedInput(term), interactive)
+    repl = Repl(session, term, cfg.verbose, cfg.save)
+    history = cfg.history if cfg.history != DEFAULT_HISTORY else history_file(cfg.history)
+    run(repl, TerminalInput(history) if interactive else PipedInput(term), interactive)
 
 
 def cli():

@@ -58,6 +58,8 @@ class ServeConfig:
     temperature: float = option(CHAT_TEMPERATURE, "the temperature of a request that names none (0: greedy)", bounds="[0, 2]")
     top_k: int = option(50, "the top_k of a request that names none (0: all tokens)", bounds=">=0")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = option(0, "CPU threads for the model (0: torch's default, one per core); with clients on the same few cores, 1 can serve more",
+                          bounds=">=0")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
 
 
@@ -357,6 +359,8 @@ def main():
     if cfg.host not in LOOPBACK and not cfg.api_key:
         print(f"warning: --host={cfg.host} lets other machines reach this server and --api_key is empty: anyone who can reach it "
               "can use it; set --api_key=SECRET", file=sys.stderr, flush=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ckpt = load_any_checkpoint(default_chat_checkpoint(cfg.ckpt))
     device = pick_device(cfg.device)
     model, tokenizer = build_model(ckpt, device)

@@ -39,10 +39,16 @@ class ServeBenchConfig:
     requests: int = option(3, "chat completions each client sends, one after another", bounds=">=1")
     max_tokens: int = option(48, "tokens generated per request (greedy, and no stop: every request generates this many)", bounds=">=1")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
+    threads: int = option(0, "the server's --threads (0: torch's default)", bounds=">=0")
 
 
 def stream_chat(port, question, max_tokens):
-    """One streamed chat completion: (text, tokens, seconds to the first text, seconds in all)."""
+    """One streamed chat completion: (text, tokens, seconds to the first text, seconds in all).
+
+    The client only collects bytes while the stream runs (noting when the first text chunk arrives) and parses them
+    after it ends, like a load generator: its clients share this machine's cores with the server, and should take as
+    little of them as they can.
+    """
     start = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": max_tokens,
@@ -51,20 +57,21 @@ def stream_chat(port, question, max_tokens):
     response = connection.getresponse()
     if response.status != 200:
         raise UsageError(f"the server answered {response.status}: {response.read()[:200]!r}")
-    text, first, tokens = "", None, 0
-    for line in response:
-        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+    received, first = b"", None
+    while piece := response.read1(65536):
+        received += piece
+        if first is None and b'{"content": ' in received:  # the first chunk with text (the role chunk has {"role": ...})
+            first = time.perf_counter() - start
+    total = time.perf_counter() - start
+    connection.close()
+    text, tokens = "", 0
+    for line in received.split(b"\n"):
+        if not line.startswith(b"data: {"):
             continue
         chunk = json.loads(line[6:])
-        if chunk.get("usage"):
-            tokens = chunk["usage"]["completion_tokens"]
-        for choice in chunk["choices"]:
-            piece = choice["delta"].get("content")
-            if piece and first is None:
-                first = time.perf_counter() - start
-            text += piece or ""
-    connection.close()
-    return text, tokens, first if first is not None else time.perf_counter() - start, time.perf_counter() - start
+        tokens = chunk["usage"]["completion_tokens"] if chunk.get("usage") else tokens
+        text += "".join(choice["delta"].get("content") or "" for choice in chunk["choices"])
+    return text, tokens, first if first is not None else total, total
 
 
 def run_clients(port, n, cfg):
@@ -92,7 +99,7 @@ def run_clients(port, n, cfg):
 def start_server(cfg, max_batch):
     """serve.py in its own process, as a user runs it (clients in this process must not share its interpreter's lock)."""
     command = [sys.executable, str(REPO / "serve.py"), f"--ckpt={cfg.ckpt}", "--port=0", f"--max_batch={max_batch}", f"--dtype={cfg.dtype}",
-               "--model_name=bench"]
+               f"--threads={cfg.threads}", "--model_name=bench"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     if " at http://" not in line:

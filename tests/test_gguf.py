@@ -298,3 +298,12 @@ def test_llama_cpp_computes_our_logits_tokenizes_as_we_do_and_chats_through_the_
         reply = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8)["choices"][0]["message"]["content"]
         text = tokenizer.decode_bytes([t for t in ours if t not in (end, tokenizer.eot_id)]).decode("utf-8", errors="ignore")
         assert reply == text
+
+
+def test_the_parity_benchmark_says_in_one_line_when_llama_cpp_is_missing():
+    try:
+        import llama_cpp  # noqa: F401
+        pytest.skip("llama-cpp-python is installed: the benchmark would run for real")
+    except ImportError:
+        pass
+    assert_one_line_error(run_script("bench/gguf_parity.py", "--ckpt=nowhere"), "llama-cpp-python", "pip install")

@@ -1,6 +1,7 @@
 """The server: batched decoding gives what one-at-a-time generation gives, the OpenAI client works against it, bad
 requests get OpenAI-style errors and never hurt the server, a client that goes away frees its row, SIGTERM ends it cleanly."""
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from gptkit.batching import BatchEngine, Request
 from gptkit.chat_template import prompt_for_reply
 from gptkit.checkpoint import save_checkpoint
 from gptkit.engine import generate
-from helpers import REPO, tiny_model
+from helpers import REPO, run_script, tiny_model
 from test_cli import assert_one_line_error
 
 VOCAB = 320  # the bytes tokenizer's 264 ids fit
@@ -297,3 +298,12 @@ def test_serve_has_help_and_refuses_a_port_in_use_in_one_line(tmp_path, bytes_to
         result = subprocess.run([sys.executable, "serve.py", f"--ckpt={tmp_path / 'ckpt.pt'}", f"--port={port}"], cwd=REPO, capture_output=True,
                                 text=True, timeout=60)
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "--port")
+
+
+def test_the_serving_benchmark_runs_and_ends_with_its_line(tmp_path, bytes_tok):
+    save_checkpoint(tmp_path / "ckpt.pt", tiny_model("gpt2", vocab_size=VOCAB, block_size=128, n_embd=32), bytes_tok, chat_tuned=True)
+    result = run_script("bench/serve.py", f"--ckpt={tmp_path / 'ckpt.pt'}", "--clients=1,4", "--requests=1", "--max_tokens=6", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"serve: clients=4 speedup=\d+\.\d\d ttft_p50_ms=\d+", lines[-1]), lines[-1]
+    assert any(line.split()[:2] == ["4", "24"] and line.endswith("yes") for line in lines)  # 4 clients x 6 tokens, same as alone
