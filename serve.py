@@ -108,16 +108,20 @@ class Scheduler(threading.Thread):
                 print(f"error in generation: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 for slot in self.engine.slots[:self.engine.running]:
                     slot.request.error = f"generation failed ({type(e).__name__})"
-                    slot.request.cancel()
-                self.engine.step()  # finishes the cancelled ones
+                self.engine.cancel_all()
 
     def admit_waiting(self):
         while self.waiting and self.engine.free_rows:
             request = self.waiting.pop(0)
             if request.cancelled:
                 request.finish("cancelled")
-            else:
+                continue
+            try:
                 self.engine.admit(request)
+            except Exception as e:  # its prefill failed: this request fails, the others go on
+                print(f"error in a prefill: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                request.error = f"generation failed ({type(e).__name__})"
+                request.finish("cancelled")
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------------------

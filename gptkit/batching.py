@@ -115,9 +115,16 @@ class BatchEngine:
             raise ValueError(f"a prompt needs 1 to {self.block_size - 1} tokens, not {len(request.prompt_ids)}")
         row, reused = self._best_free_row(request.prompt_ids)
         self._swap(row, self.running)
-        slot = self.slots[self.running]
-        self.running += 1
-        slot.request, slot.last_used = request, next(self.clock)
+        row, slot = self.running, self.slots[self.running]
+        view = self.cache.rows(slice(row, row + 1), reused)
+        try:
+            with torch.no_grad():
+                logits = self.model(torch.tensor([request.prompt_ids[reused:]], device=self.device), kv_cache=view, last_only=True)[:, -1, :]
+        except BaseException:
+            slot.ids = []  # what the row holds is unknown now; the request never joined the batch
+            raise
+        self.running += 1  # joins only once its prefill has worked
+        slot.request, slot.last_used, slot.ids = request, next(self.clock), list(request.prompt_ids)
         slot.stopper = StopText(self.tokenizer, request.stop_strings)
         slot.generator = torch.Generator(device=self.device)
         if request.seed is None:
@@ -125,11 +132,12 @@ class BatchEngine:
         else:
             slot.generator.manual_seed(request.seed)
         request.reused = reused
-        view = self.cache.rows(slice(self.running - 1, self.running), reused)
-        with torch.no_grad():
-            logits = self.model(torch.tensor([request.prompt_ids[reused:]], device=self.device), kv_cache=view, last_only=True)[:, -1, :]
-        slot.ids = list(request.prompt_ids)
-        self._take(self.running - 1, logits)
+        self._take(row, logits)
+
+    def cancel_all(self):
+        """Finish every running request as cancelled, without running the model (after it has failed)."""
+        for row in reversed(range(self.running)):
+            self._finish(row, "cancelled")
 
     def step(self):
         """One token for every running request (those that finished or were cancelled leave first); returns how many ran."""

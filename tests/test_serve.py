@@ -252,6 +252,30 @@ def test_an_error_inside_generation_fails_its_request_and_the_server_goes_on(byt
         serve.stop(srv)
 
 
+def test_a_prefill_that_fails_fails_its_request_only(bytes_tok, monkeypatch):
+    import serve
+
+    srv = serve.start(serve_config(), tiny_model("gpt2", vocab_size=VOCAB, n_embd=32, block_size=64), bytes_tok, "tiny")
+    model, failed = srv.app.scheduler.engine.model, []
+    forward = model.forward
+
+    def breaks_once(idx, *args, **kwargs):
+        if idx.shape[1] > 1 and not failed:  # a prompt's prefill, not a decode step
+            failed.append(True)
+            raise RuntimeError("out of memory, say")
+        return forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", breaks_once)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1/chat/completions"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    try:
+        code, reply = post(url, body)
+        assert code == 500 and "generation failed (RuntimeError)" in reply["error"]["message"] and failed
+        assert post(url, body)[0] == 200 and srv.app.scheduler.engine.running == 0
+    finally:
+        serve.stop(srv)
+
+
 def test_an_api_key_is_required_when_set(bytes_tok):
     import serve
 
