@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -228,67 +229,60 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(bytes_tok):
         serve.stop(srv)
 
 
-def test_an_error_inside_generation_fails_its_request_and_the_server_goes_on(bytes_tok, monkeypatch):
+@contextmanager
+def tiny_server(tokenizer, **config):
+    """A server of its own (for tests that break or configure it): (server, its URL)."""
     import serve
 
-    srv = serve.start(serve_config(), tiny_model("gpt2", vocab_size=VOCAB, n_embd=32, block_size=64), bytes_tok, "tiny")
-    engine, failed = srv.app.scheduler.engine, []
-    step = engine.step
-
-    def breaks_once():
-        if engine.running and not failed:
-            failed.append(True)
-            raise RuntimeError("a bug")
-        return step()
-
-    monkeypatch.setattr(engine, "step", breaks_once)
-    url = f"http://127.0.0.1:{srv.server_address[1]}/v1/chat/completions"
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    srv = serve.start(serve_config(**config), tiny_model("gpt2", vocab_size=VOCAB, n_embd=32, block_size=64), tokenizer, "tiny")
     try:
-        code, reply = post(url, body)
-        assert code == 500 and "generation failed (RuntimeError)" in reply["error"]["message"] and failed
-        assert post(url, body)[0] == 200
+        yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
     finally:
         serve.stop(srv)
+
+
+HI = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def test_an_error_inside_generation_fails_its_request_and_the_server_goes_on(bytes_tok, monkeypatch):
+    with tiny_server(bytes_tok) as (srv, url):
+        engine, failed = srv.app.scheduler.engine, []
+        step = engine.step
+
+        def breaks_once():
+            if engine.running and not failed:
+                failed.append(True)
+                raise RuntimeError("a bug")
+            return step()
+
+        monkeypatch.setattr(engine, "step", breaks_once)
+        code, reply = post(f"{url}/v1/chat/completions", HI)
+        assert code == 500 and "generation failed (RuntimeError)" in reply["error"]["message"] and failed
+        assert post(f"{url}/v1/chat/completions", HI)[0] == 200
 
 
 def test_a_prefill_that_fails_fails_its_request_only(bytes_tok, monkeypatch):
-    import serve
+    with tiny_server(bytes_tok) as (srv, url):
+        model, failed = srv.app.scheduler.engine.model, []
+        forward = model.forward
 
-    srv = serve.start(serve_config(), tiny_model("gpt2", vocab_size=VOCAB, n_embd=32, block_size=64), bytes_tok, "tiny")
-    model, failed = srv.app.scheduler.engine.model, []
-    forward = model.forward
+        def breaks_once(idx, *args, **kwargs):
+            if idx.shape[1] > 1 and not failed:  # a prompt's prefill, not a decode step
+                failed.append(True)
+                raise RuntimeError("out of memory, say")
+            return forward(idx, *args, **kwargs)
 
-    def breaks_once(idx, *args, **kwargs):
-        if idx.shape[1] > 1 and not failed:  # a prompt's prefill, not a decode step
-            failed.append(True)
-            raise RuntimeError("out of memory, say")
-        return forward(idx, *args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", breaks_once)
-    url = f"http://127.0.0.1:{srv.server_address[1]}/v1/chat/completions"
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    try:
-        code, reply = post(url, body)
+        monkeypatch.setattr(model, "forward", breaks_once)
+        code, reply = post(f"{url}/v1/chat/completions", HI)
         assert code == 500 and "generation failed (RuntimeError)" in reply["error"]["message"] and failed
-        assert post(url, body)[0] == 200 and srv.app.scheduler.engine.running == 0
-    finally:
-        serve.stop(srv)
+        assert post(f"{url}/v1/chat/completions", HI)[0] == 200 and srv.app.scheduler.engine.running == 0
 
 
 def test_an_api_key_is_required_when_set(bytes_tok):
-    import serve
-
-    srv = serve.start(serve_config(api_key="s3cret"), tiny_model("gpt2", vocab_size=VOCAB, n_embd=32), bytes_tok, "tiny")
-    url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        code, reply = post(f"{url}/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    with tiny_server(bytes_tok, api_key="s3cret") as (_, url):
+        code, reply = post(f"{url}/v1/chat/completions", HI)
         assert code == 401 and reply["error"]["code"] == "invalid_api_key"
-        code, _ = post(f"{url}/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-                       {"Authorization": "Bearer s3cret"})
-        assert code == 200
-    finally:
-        serve.stop(srv)
+        assert post(f"{url}/v1/chat/completions", HI, {"Authorization": "Bearer s3cret"})[0] == 200
 
 
 def test_sigterm_stops_accepting_ends_the_streams_in_flight_and_exits_cleanly(tmp_path, bytes_tok):
