@@ -1,7 +1,7 @@
-"""Does llama.cpp run our GGUF export as we run the checkpoint? python bench/gguf_parity.py --ckpt=out_gpt2
+"""Does llama.cpp run our GGUF export as we run the checkpoint? python bench/gguf_parity.py --ckpt=out_small_gpt2
 
 Needs llama-cpp-python (`CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python`, about 12 minutes to build here)
-and a gpt2-preset checkpoint (`python train.py --preset=gpt2 --out_dir=out_gpt2`). For each GGUF type it exports the
+and a gpt2-preset checkpoint (`python train.py --preset=gpt2 --out_dir=out_small_gpt2 --max_iters=300`). For each GGUF type it exports the
 checkpoint, loads it in llama.cpp (float32 KV cache) and prints:
   tokenize   whether llama.cpp's token ids equal ours on English, code, Chinese, emoji and whitespace runs;
   logits     the largest difference from our float32 logits over --tokens tokens of text, and from ours with
@@ -37,7 +37,7 @@ GGML_F32 = 0  # llama.cpp's type id for float32, for its KV cache
 
 @dataclass
 class GGUFBenchConfig:
-    ckpt: str = option("out_gpt2", "a gpt2-preset checkpoint (file or folder)")
+    ckpt: str = option("out_small_gpt2", "a gpt2-preset checkpoint (file or folder)")
     tokens: int = option(64, "tokens of text compared for logits, and greedy tokens generated", bounds="[2, 100000]")
     types: str = option(",".join(GGUF_TYPES), "the GGUF types to try, comma-separated")
     threads: int = option(2, "llama.cpp's threads", bounds=">=1")
