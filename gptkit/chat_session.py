@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from gptkit.chat_template import drop_oldest_turns, prompt_for_reply
+from gptkit.chat_template import drop_oldest_turns, prompt_for_reply, reply_stop_ids
 from gptkit.engine import Engine, SamplingOptions, Timer, sampling_kwargs, stop_strings, stream_text
 from gptkit.errors import UsageError
 
@@ -24,7 +24,7 @@ class ChatSession:
         self.tokenizer, self.options = tokenizer, options or SamplingOptions()
         self.engine = Engine(model, vocab_limit=tokenizer.n_vocab)
         self.block_size = model.config.block_size
-        self.stop_ids = {tokenizer.special_id("<|assistant_end|>"), tokenizer.eot_id, tokenizer.special_id("<|user_start|>")}
+        self.stop_ids = set(reply_stop_ids(tokenizer))
         self.messages = []
         self.dropped_turns = 0  # turns dropped so far to fit the context
         self.stats = None  # the last reply's prefill and timing figures

@@ -66,6 +66,11 @@ def drop_oldest_turns(turns, fits, role=lambda turn: turn[0]):
     return turns, dropped
 
 
+def reply_stop_ids(tokenizer):
+    """The tokens that end an assistant reply: its end-of-turn, the end of text, or the start of a user turn it began itself."""
+    return (tokenizer.special_id("<|assistant_end|>"), tokenizer.eot_id, tokenizer.special_id("<|user_start|>"))
+
+
 def render_conversation(tokenizer, messages):
     """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
     check_messages(messages)

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from gptkit.batching import Request
-from gptkit.chat_template import ROLES, drop_oldest_turns, prompt_for_reply
+from gptkit.chat_template import ROLES, drop_oldest_turns, prompt_for_reply, reply_stop_ids
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 UNSUPPORTED = {"logprobs": (None, False), "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"})}
@@ -96,18 +96,25 @@ def check_unsupported(body):
         raise ApiError(400, f"'n' is {n}; this server generates one choice per request (send several requests instead)", "n")
 
 
+def context_exceeded(prompt_tokens, room, block_size, param, fix, alone=False):
+    """The 400 for a prompt that, with room tokens for the reply, does not fit the context: it says by how many tokens."""
+    return ApiError(400, f"the prompt is {prompt_tokens} tokens{' even with only the last message' if alone else ''} and the reply may take "
+                         f"{room}: {prompt_tokens + room - block_size} more than the model's context of {block_size} tokens; {fix}", param,
+                    "context_length_exceeded")
+
+
 def fit_turns(tokenizer, turns, room, block_size, truncate):
     """The prompt of (role, ids) turns, leaving room tokens for the reply within block_size: when it does not fit, a 400
     saying by how much, or with truncate the oldest turns dropped (never the system prompt, never the last message)."""
     fits = lambda kept: len(prompt_for_reply(tokenizer, kept)) + room <= block_size
     kept, _ = drop_oldest_turns(turns, fits) if truncate else (turns if fits(turns) else None, 0)
     if kept is None:
-        prompt = prompt_for_reply(tokenizer, turns if not truncate else [t for i, t in enumerate(turns) if i == len(turns) - 1 or t[0] == "system"])
-        over = len(prompt) + room - block_size
-        fix = "shorten the last message or lower max_tokens" if truncate else \
-            "shorten the messages, lower max_tokens, or send \"truncation\": \"auto\" to drop the oldest turns"
-        raise ApiError(400, f"the prompt is {len(prompt)} tokens{' even with only the last message' if truncate else ''} and the reply may "
-                            f"take {room}: {over} more than the model's context of {block_size} tokens; {fix}", "messages", "context_length_exceeded")
+        if truncate:
+            alone = [t for i, t in enumerate(turns) if i == len(turns) - 1 or t[0] == "system"]
+            raise context_exceeded(len(prompt_for_reply(tokenizer, alone)), room, block_size, "messages",
+                                   "shorten the last message or lower max_tokens", alone=True)
+        raise context_exceeded(len(prompt_for_reply(tokenizer, turns)), room, block_size, "messages",
+                               "shorten the messages, lower max_tokens, or send \"truncation\": \"auto\" to drop the oldest turns")
     return prompt_for_reply(tokenizer, kept)
 
 
@@ -128,7 +135,7 @@ def generation_request(body, tokenizer, block_size, limits, chat):
     if chat:
         turns = [(role, tokenizer.encode(text)) for role, text in read_messages(body, limits["max_messages"])]
         prompt = fit_turns(tokenizer, turns, room, block_size, truncate)
-        stop_ids = (tokenizer.special_id("<|assistant_end|>"), tokenizer.eot_id, tokenizer.special_id("<|user_start|>"))
+        stop_ids = reply_stop_ids(tokenizer)
     else:
         text = body.get("prompt")
         if isinstance(text, list) and len(text) == 1:
@@ -136,11 +143,11 @@ def generation_request(body, tokenizer, block_size, limits, chat):
         if not isinstance(text, str) or not text:
             raise ApiError(400, "'prompt' must be a non-empty string", "prompt")
         prompt = tokenizer.encode(text)
-        if len(prompt) + room > block_size:
-            if not truncate:
-                raise ApiError(400, f"the prompt is {len(prompt)} tokens and the reply may take {room}: {len(prompt) + room - block_size} more "
-                                    f"than the model's context of {block_size} tokens", "prompt", "context_length_exceeded")
-            prompt = prompt[-(block_size - room):]  # keep the end, nearest the continuation
+        keep = block_size - room  # the prompt tokens that fit beside the reply
+        if len(prompt) > keep:
+            if not truncate or keep < 1:  # (keep < 1: no prompt at all would fit, and prompt[-0:] would keep all of it)
+                raise context_exceeded(len(prompt), room, block_size, "prompt", "shorten the prompt or lower max_tokens")
+            prompt = prompt[-keep:]  # keep the end, nearest the continuation
         stop_ids = (tokenizer.eot_id,)
     if field(body, "ignore_eos", bool, False):  # llama.cpp's and vLLM's extra: generate max_tokens whatever comes (benchmarks)
         stop_ids = ()

@@ -190,6 +190,13 @@ def test_malformed_json_an_oversized_body_and_an_unknown_path_are_errors_and_the
     assert urllib.request.urlopen(f"{server.url}/health", timeout=10).status == 200
 
 
+def test_a_completion_whose_reply_alone_fills_the_context_is_a_400_even_with_truncation(server):
+    code, reply = post(f"{server.url}/v1/completions", {"model": "tiny", "prompt": "the cat", "max_tokens": 320, "truncation": "auto"})
+    assert code == 400 and "more than the model's context of 320 tokens" in reply["error"]["message"]
+    code, reply = post(f"{server.url}/v1/completions", {"model": "tiny", "prompt": "x" * 400, "max_tokens": 4, "truncation": "auto"})
+    assert code == 200 and reply["usage"]["prompt_tokens"] == 316  # the end of the prompt kept, beside the reply's 4 tokens
+
+
 def test_four_concurrent_clients_get_what_they_get_one_at_a_time(server):
     api = client(server)
     prompts = ["the cat", "a dog sees", "hello", "our teacher writes"]
