@@ -45,6 +45,8 @@ class GPTConfig:
     # global unless the pattern names every layer; "" (or a window covering the context) is dense everywhere.
     window: int = 0
     attn_pattern: str = ""
+    # A reward model or a critic: a scalar per position read from the final hidden state (forward(..., scores=True)).
+    score_head: bool = False
 
     @classmethod
     def from_preset(cls, preset, **sizes):
@@ -371,6 +373,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.score_head:
+            self.score_head = nn.Linear(config.n_embd, 1)
         if config.pos_encoding != "learned":  # fixed tables, rebuilt rather than saved
             self.register_buffer("pos_table", self._position_table(), persistent=False)
         self.apply(self._init_weights)
@@ -397,10 +401,11 @@ class GPT(nn.Module):
             return torch.stack((angles.cos(), angles.sin()))
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleaved sin, cos
 
-    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False):
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False, scores=False):
         """idx (B, T) -> logits (B, T, V); with targets (B, T), the cross-entropy instead (ignore_index -1).
 
         last_only: logits of the last position only, (B, 1, V): all a prefill needs, without the output layer's cost on the rest.
+        scores: the score head's (B, T) scalars instead of logits (a model built with score_head=True).
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -427,6 +432,8 @@ class GPT(nn.Module):
         if last_only and targets is None:
             x = x[:, -1:, :]
         x = self.transformer.ln_f(x)
+        if scores:
+            return self.score_head(x).squeeze(-1)  # (B, T)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits

@@ -11,8 +11,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-TOP_LEVEL = ["model.py", "train.py", "sample.py", "chat.py", "evaluate.py", "export.py", "plot.py", "serve.py",
-             "data/__init__.py", "data/prepare.py", "data/synthetic_chat.py", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "config").glob("*"))]
+TOP_LEVEL = ["model.py", "train.py", "sample.py", "chat.py", "evaluate.py", "export.py", "plot.py", "serve.py", "align.py",
+             "data/__init__.py", "data/prepare.py", "data/synthetic_chat.py", "data/alignment_demo.py",
+             *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "config").glob("*"))]
 
 
 class BuildWithTopLevelFiles(build_py):

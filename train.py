@@ -7,12 +7,12 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import BEST, LAST, load_checkpoint, make_checkpoint, save_rotating, write_checkpoint
+from gptkit.checkpoint import BEST, EVAL_FIELDS, LAST, load_checkpoint, make_checkpoint, save_rotating, write_checkpoint
 from gptkit.devices import autocast_for, pick_device
 from gptkit.distributed import Distributed, checkpoint_activations, launched_world_size
 from gptkit.errors import UsageError, first_line, run_cli
@@ -48,8 +48,10 @@ def run_training(cfg, dist, device):
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     init = load_any_checkpoint(cfg.init_from) if cfg.init_from else None
-    objective = make_objective(cfg, init, dist)
+    objective = make_objective(cfg, init, dist, device)
     config = fine_tune_config(cfg, init) if init else model_config(cfg, objective.tokenizer.n_vocab)
+    if objective.score_head:  # a reward model: the fine-tuned model plus a score head
+        config = replace(config, score_head=True)
     run = set_up(cfg, dist, device, config, init, objective)
     use_bf16, autocast = autocast_for(cfg.dtype, device)
     print(f"data: {objective.summary}")
@@ -107,7 +109,7 @@ def set_up(cfg, dist, device, config, init, objective):
     elif cfg.resume == "auto" and (saved := sorted(p.name for p in (out_dir / BEST, *out_dir.glob("ckpt_*.pt")) if p.is_file())):
         raise UsageError(f"{out_dir}/ holds {', '.join(saved)} but no {LAST} to resume from, and starting over would replace them; "
                          f"start over anyway with --resume=false, or use another --out_dir")
-    train_model, eval_model = dist.wrap(model, cfg.compile)
+    train_model, eval_model = dist.wrap(model, cfg.compile, find_unused=objective.score_head)  # a reward model leaves the output layer unused
     return Run(config, model, train_model, eval_model, optimizers, dist.train_batches(objective.train_batches), objective, state, resumed,
                n_params, flops_per_token, chat_tuned=objective.chat_tuned or bool(init and init["chat_tuned"]))
 
@@ -116,7 +118,9 @@ def load_initial_weights(model, init):
     state = dict(init["model"])
     if "transformer.wpe.weight" in state:  # a shorter context keeps the first positions
         state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:model.config.block_size]
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not name.startswith("score_head.") for name in missing):  # only a new score head may start fresh
+        model.load_state_dict(state)  # raises, naming the keys
 
 
 def resume(path, cfg, config, model, optimizers, objective, state, dist=Distributed()):
@@ -159,8 +163,7 @@ def loop(cfg, run, dist, device, autocast):
                 metrics = run.objective.evaluate(run.eval_model, device, autocast, dist)
                 improved = metrics["val_loss"] < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, metrics["val_loss"])
-                print(f"step {state.step}: val loss {metrics['val_loss']:.4f} nats/token, {metrics['val_bpb']:.4f} bits/byte"
-                      f"{' (best)' if improved else ''}", flush=True)
+                print(f"step {state.step}: {run.objective.eval_line(metrics)}{' (best)' if improved else ''}", flush=True)
                 log.write({"iter": state.step, "tokens": state.tokens_seen, "elapsed_s": time.time() - started, **metrics})
                 if state.step > start_step:  # not the state just loaded (or the untrained one)
                     save_last(cfg, run, dist)
@@ -193,12 +196,14 @@ def loop(cfg, run, dist, device, autocast):
                 tokens_per_s, eta = throughput.measure(state.step, cfg.max_iters)
                 record = {"iter": state.step, "tokens": state.tokens_seen, "loss": loss, "lr": run.optimizers[-1].param_groups[0]["lr"],
                           "tokens_per_s": tokens_per_s, "skipped_steps": state.skipped_steps}
+                figures = run.objective.step_metrics()  # an objective's own: reward, KL, accuracy...
+                record.update(figures)
                 mfu = ""
                 if peak:
                     record["mfu"] = run.flops_per_token * tokens_per_s / (peak * dist.world_size)  # tokens of all ranks, over all GPUs
                     mfu = f" | mfu {100 * record['mfu']:.1f}%"
                 print(f"step {state.step}/{cfg.max_iters} ({100 * state.step / cfg.max_iters:.0f}%) | loss {loss:.4f} | lr {record['lr']:.2e} | "
-                      f"{tokens_per_s:,.0f} tok/s{mfu} | eta {format_seconds(eta)}", flush=True)
+                      f"{tokens_per_s:,.0f} tok/s{mfu}{''.join(f' | {k} {v:.4g}' for k, v in figures.items())} | eta {format_seconds(eta)}", flush=True)
                 log.write(record)
                 throughput.restart(state.step)
 
@@ -226,7 +231,8 @@ def save_last(cfg, run, dist):
 def save_best(cfg, run, dist, metrics):
     weights = dist.full_weights(run.model)
     if dist.is_main:
-        write_checkpoint(Path(cfg.out_dir) / BEST, checkpoint_of(cfg, run, weights, step=run.state.step, **metrics))
+        scored = {k: metrics[k] for k in EVAL_FIELDS if k in metrics}  # an objective's other figures stay in metrics.jsonl
+        write_checkpoint(Path(cfg.out_dir) / BEST, checkpoint_of(cfg, run, weights, step=run.state.step, **scored))
 
 
 def checkpoint_of(cfg, run, weights, **fields):

@@ -43,6 +43,7 @@ class Request:
     cancelled: bool = False
     error: str = None  # what went wrong, when generation itself failed
     reused: int = 0  # prompt tokens whose keys and values were already in the cache
+    stop_id: int = None  # the stop token that ended it (not in tokens), when one did
 
     def cancel(self):
         """Ask for it to stop (a client that went away); the engine frees its row at its next step."""
@@ -169,6 +170,7 @@ class BatchEngine:
         token = sample_next(logits, r.temperature, r.top_k, slot.generator, r.top_p, r.min_p).item()
         slot.next_token = token
         if token in r.stop_ids:
+            r.stop_id = token
             return self._finish(row, "stop")
         r.tokens.append(token)
         piece = slot.stopper.feed(token)

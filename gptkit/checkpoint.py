@@ -19,7 +19,7 @@ from gptkit.files import atomic_write
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 LAST, BEST = "last.pt", "best.pt"
 
 # -- the schema -------------------------------------------------------------------------------------------------------
@@ -175,12 +175,21 @@ def upgrade(ckpt):
     if ckpt["format_version"] < 3:  # 2 -> 3: the model config names its attention pattern (none: dense, as before)
         ckpt["model_config"] = {**ckpt["model_config"], "window": 0, "attn_pattern": ""}
         ckpt["format_version"] = 3
+    if ckpt["format_version"] < 4:  # 3 -> 4: the model config says whether it is a reward model (none was before)
+        ckpt["model_config"] = {**ckpt["model_config"], "score_head": False}
+        ckpt["format_version"] = 4
     return ckpt
 
 
-def build_model(ckpt, device="cpu"):
-    """The model and tokenizer a loaded checkpoint describes, weights in place, in eval mode."""
+def build_model(ckpt, device="cpu", reward_model=False):
+    """The model and tokenizer a loaded checkpoint describes, weights in place, in eval mode. A reward model (it scores
+    replies rather than writing them) is refused unless reward_model=True, and then only a reward model is taken."""
     config = model_config_from(ckpt["model_config"], ckpt["path"])
+    if config.score_head and not reward_model:
+        raise UsageError(f"{ckpt['path']} is a reward model: it scores replies and does not write them; load the policy it was trained "
+                         "for, or score replies with `python align.py score --reward_model=...`")
+    if reward_model and not config.score_head:
+        raise UsageError(f"{ckpt['path']} is not a reward model; train one with `python train.py --objective=reward ...`")
     model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])

@@ -112,14 +112,15 @@ class Distributed:
             fully_shard(model)
         return model
 
-    def wrap(self, model, compile=False):
-        """(the module to train through, the module to evaluate with): compiled and, for DDP, wrapped."""
+    def wrap(self, model, compile=False, find_unused=False):
+        """(the module to train through, the module to evaluate with): compiled and, for DDP, wrapped (find_unused: some
+        parameters get no gradient, as a reward model's output layer)."""
         core = torch.compile(model) if compile else model
         if self.mode == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
-            return DistributedDataParallel(core, device_ids=device_ids), core  # evaluation needs no gradient sync
+            return DistributedDataParallel(core, device_ids=device_ids, find_unused_parameters=find_unused), core  # evaluation needs no gradient sync
         return core, core
 
     def grad_sync(self, train_model, sync):
@@ -152,6 +153,22 @@ class Distributed:
         t = torch.tensor([1 if flag else 0], device=self._comm_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def average_gradients(self, module):
+        """Every rank's gradients of `module` replaced by their mean (a module outside DDP that must step alike everywhere)."""
+        if self.active:
+            for p in module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+
+    def gather(self, obj):
+        """Every rank's `obj` (picklable), in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def _comm_device(self):
         return f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu"

@@ -125,3 +125,31 @@ def padded_batch(rows, pad_id):
         x[i, :len(ids) - 1] = ids[:-1]
         y[i, :len(ids) - 1] = np.where(mask[1:], ids[1:], -1)
     return x, y
+
+
+class IndexBatches:
+    """Batches of indices into a list of examples (preference pairs, prompts), reshuffled every epoch; resumable from (epoch, index)."""
+
+    def __init__(self, n, batch_size, seed):
+        if n < 1:
+            raise UsageError("no examples to train on")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.index = 0, 0
+        self.order = np.random.default_rng([seed, 0]).permutation(n)
+
+    def next_batch(self):
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            picked.append(int(self.order[self.index]))
+            self.index += 1
+        return picked
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state):
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)

@@ -5,12 +5,12 @@ An objective owns its data and answers four questions the loop asks:
 - `loss(model, batch, device)`: the mean loss to minimise on one micro-batch, and the input tokens it used;
 - `evaluate(model, device, autocast, dist)`: validation metrics, at least val_loss (lower is better) and val_bpb;
 - `report(model, cfg)`: what to print when training ends.
-It saves anything else it needs through state_dict()/load_state_dict(). Objectives still to come fit the same shape:
-a reward model scores pairs; DPO holds a frozen reference model; PPO and GRPO also sample replies through
-gptkit.engine.Engine inside `loss`.
+It saves anything else it needs through state_dict()/load_state_dict(), may add figures to each logged step
+(`step_metrics`), and says how to print its evaluation (`eval_line`).
 
-Two objectives exist: next-token pretraining on prepared token shards, and supervised fine-tuning on conversations,
-with the loss on the assistant's tokens only.
+Here: next-token pretraining on prepared token shards, and supervised fine-tuning on conversations (the loss on the
+assistant's tokens only). Alignment from feedback (reward models, DPO, PPO, GRPO) lives in gptkit/preference_objectives.py
+and gptkit/rl_objectives.py; make_objective at the end picks one.
 """
 import json
 from pathlib import Path
@@ -25,17 +25,19 @@ from gptkit.engine import TextStream, generate
 from gptkit.errors import UsageError
 from gptkit.evaluation import evaluate
 from gptkit.loader import ConversationBatches, RandomWindows, conversation_batches, sequential_windows
+from gptkit.objective_base import Objective
+from gptkit.preference_objectives import dpo_objective, reward_objective
 from gptkit.preparation import PrepareConfig, default_data_dir, prepare
+from gptkit.rl_objectives import grpo_objective, ppo_objective
 from gptkit.shards import TOKENIZER_FILE, is_prepared, load_split, read_meta
 from gptkit.tokenizer import Tokenizer
 
 # -- next-token pretraining -----------------------------------------------------------------------------------------------
 
-class NextToken:
+class NextToken(Objective):
     """Predict every next token of random windows of a prepared corpus."""
 
     name = "next_token"
-    chat_tuned = False  # the checkpoint it writes is not fine-tuned for chat
 
     def __init__(self, tokenizer, train_batches, val_batches, summary):
         self.tokenizer, self.train_batches, self.val_batches, self.summary = tokenizer, train_batches, val_batches, summary
@@ -57,14 +59,6 @@ class NextToken:
     def report(self, model, cfg):
         if cfg.sample_tokens:
             print_sample(model, self.tokenizer, cfg)
-
-    def state_dict(self):
-        return {"name": self.name}
-
-    def load_state_dict(self, state):
-        if state.get("name") != self.name:
-            raise UsageError(f"the checkpoint was saved by a {state.get('name')} run and this one trains {self.name}; resume with the same "
-                             "data options, start over with --resume=false, or use another --out_dir")
 
 
 def pretraining_objective(cfg, dist=Distributed()):
@@ -171,9 +165,21 @@ def print_chat_accuracy(model, tokenizer, conversations):
 
 # -- choosing one ---------------------------------------------------------------------------------------------------------
 
-def make_objective(cfg, init, dist=Distributed()):
-    """The objective the options ask for: fine-tuning on conversations when given some, else pretraining."""
-    if cfg.chat_data or cfg.chat_dataset:
+ALIGNMENT = ("reward", "dpo", "ppo", "grpo")
+
+
+def make_objective(cfg, init, dist=Distributed(), device="cpu"):
+    """The objective --objective names; auto: fine-tuning on conversations when given some, else pretraining."""
+    kind = cfg.objective
+    if kind == "auto":
+        kind = "chat_sft" if cfg.chat_data or cfg.chat_dataset else "next_token"
+    if kind in ALIGNMENT:
+        return alignment_objective(cfg, kind, init, dist, device)
+    if init is not None and init["model_config"].get("score_head"):
+        raise UsageError(f"{init['path']} is a reward model; --objective={kind} trains a model that writes text: start from a policy checkpoint")
+    if kind == "chat_sft":
+        if not (cfg.chat_data or cfg.chat_dataset):
+            raise UsageError("--objective=chat_sft fine-tunes on conversations: give --chat_data=FILE.jsonl (or demo) or --chat_dataset=NAME")
         if init is None:
             raise UsageError("fine-tuning on conversations needs --init_from=CHECKPOINT, the model to fine-tune "
                              "(e.g. --init_from=out after `python train.py`)")
@@ -183,3 +189,20 @@ def make_objective(cfg, init, dist=Distributed()):
         raise UsageError(f"{init['path']} was trained with a different tokenizer than {objective.summary.split(' ')[0]}'s; "
                          "prepare the data with the checkpoint's tokenizer, or train from scratch")
     return objective
+
+
+def alignment_objective(cfg, kind, init, dist, device):
+    """A reward model, DPO, PPO or GRPO."""
+    if init is None:
+        raise UsageError(f"--objective={kind} starts from a fine-tuned model: give --init_from=CHECKPOINT (e.g. a chat_sft run's out_dir)")
+    if init["model_config"].get("score_head") and kind != "reward":
+        raise UsageError(f"{init['path']} is a reward model, and --objective={kind} trains a policy: --init_from takes the fine-tuned "
+                         "policy (the reward model goes to --reward_model)")
+    if kind in ("ppo", "grpo") and dist.mode == "fsdp":
+        raise UsageError(f"--objective={kind} samples replies with the whole model on every process: use --parallel=ddp, not fsdp")
+    tokenizer = Tokenizer.from_json(init["tokenizer"])
+    if kind == "reward":
+        return reward_objective(cfg, tokenizer)
+    if kind == "dpo":
+        return dpo_objective(cfg, tokenizer, init, device)
+    return (ppo_objective if kind == "ppo" else grpo_objective)(cfg, tokenizer, init, device, dist)

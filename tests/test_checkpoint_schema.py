@@ -36,7 +36,8 @@ def fixture_run(tmp_path, **overrides):
 
 def test_a_format_1_checkpoint_loads_upgraded():
     ckpt = load_checkpoint(FIXTURE / LAST)
-    assert ckpt["format_version"] == FORMAT_VERSION == 3
+    assert ckpt["format_version"] == FORMAT_VERSION == 4
+    assert ckpt["model_config"]["score_head"] is False  # 3 -> 4: not a reward model
     assert ckpt["objective"] == {"name": "next_token"} and ckpt["chat_tuned"] is False
     assert ckpt["step"] == 4 and ckpt["skipped_steps"] == 0 and ckpt["spikes"]["count"] == 4
 
@@ -46,7 +47,7 @@ def test_a_format_1_checkpoint_resumes_with_the_losses_the_old_code_logged(tmp_p
     train(fixture_run(tmp_path))
     assert step_losses(tmp_path / "out") == {int(k): v for k, v in expected["loss"].items()}
     saved = load_checkpoint(tmp_path / "out" / LAST)
-    assert saved["format_version"] == 3 and saved["step"] == 8 and saved["objective"] == {"name": "next_token"}
+    assert saved["format_version"] == 4 and saved["step"] == 8 and saved["objective"] == {"name": "next_token"}
 
 
 def test_resuming_a_pretraining_run_as_fine_tuning_says_what_differs(tmp_path):

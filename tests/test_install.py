@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO, make_corpus
 
 COMMANDS = ("gptkit-train", "gptkit-sample", "gptkit-chat", "gptkit-prepare", "gptkit-evaluate", "gptkit-export", "gptkit-plot",
-            "gptkit-synthetic-chat", "gptkit-serve")
+            "gptkit-synthetic-chat", "gptkit-serve", "gptkit-align", "gptkit-alignment-demo")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from pathlib import Path
 from helpers import REPO
 
 # The design's top-level files: in a checkout they sit at the top, and `gptkit.NAME` names them (gptkit/__init__.py).
-ENTRY_POINTS = ("train", "sample", "chat", "evaluate", "export", "plot", "serve", "data.prepare", "data.synthetic_chat")
+ENTRY_POINTS = ("train", "sample", "chat", "evaluate", "export", "plot", "serve", "align", "data.prepare", "data.synthetic_chat",
+                "data.alignment_demo")
 SKIPPED = {"tests", "bench", "config", "docs", "build", "dist", "prepared", "out"}
 
 
