@@ -1,9 +1,9 @@
 """The alignment demo's task: short requests whose best reply a program can name exactly, and a judge that prefers it.
 
 Two kinds of request, both answered by copying from the prompt, so a model can get held-out ones right:
-- recall: a fact and a question about it in one message ("My name is Yewir. What is my name?" -> "Your name is
-  Yewir."), the facts and their values as the chat demo's training ones (gptkit/demo_chat.py: names, numbers, made-up
-  words, random letters);
+- recall: a fact and a question about it in one message ("My name is Mezo. What is my name?" -> "Your name is
+  Mezo."), the facts and their values as the chat demo's training ones (gptkit/demo_chat.py: real and made-up names
+  and places, colours, numbers, dates);
 - repeat: "Repeat after me: moon salt" -> "moon salt", one to three common words.
 A request is held out by a hash of its text: no held-out request occurs in the fine-tuning data or the training prompts.
 The judge scores a reply 1.0 when it is exactly the expected answer, 0.5 when it gives that answer wrapped in chatter
@@ -17,12 +17,13 @@ answer is in its distribution, and preference learning or RL must make it the us
 import random
 import zlib
 
-from gptkit.demo_chat import FACTS, SYSTEM_PROMPTS, WORDS, make_value, mentions
+from gptkit.demo_chat import FACTS, PHRASING_WORDS, SYSTEM_PROMPTS, VALUES, WORDS, mentions, value_split
 from gptkit.errors import UsageError
 
 KINDS = ("recall", "repeat")
 SPLITS = ("train", "heldout")
-RECALL_FACTS = ("name", "colour", "number", "city", "pet", "password", "date")
+RECALL_FACTS = ("name", "colour", "number", "city", "pet", "date")  # not passwords: too hard to copy for the demo's tiny model
+RECALL_SHARE = 0.4  # of requests; the rest are repeats
 EXACT_SHARE = 0.3  # of fine-tuning replies: the plain answer
 CHATTY = (("Sure! {answer}", 0.5), ("Sure! {answer} Let me know if you need anything else.", 0.2))
 
@@ -32,12 +33,21 @@ def split_of(text):
     return "heldout" if zlib.crc32(text.encode("utf-8")) % 5 == 0 else "train"
 
 
+def listed_value(rng, fact):
+    """A value of the chat demo's training set (gptkit/demo_chat.py): real and made-up names and places, colours,
+    numbers, dates; not its random-letter words, which the demo's tiny model copies too unreliably for this task."""
+    while True:
+        value = VALUES[fact](rng, "train")
+        if value_split(value) == "train" and value.lower() not in PHRASING_WORDS:
+            return value
+
+
 def question(rng, split):
     """(kind, request, expected answer) of `split`, drawn from rng."""
     while True:
-        if rng.random() < 0.5:
+        if rng.random() < RECALL_SHARE:
             fact = rng.choice(RECALL_FACTS)
-            value = make_value(rng, fact, "train")  # names, numbers, made-up and random-letter words (gptkit/demo_chat.py)
+            value = listed_value(rng, fact)
             statement, _, asked, answer = FACTS[fact]
             kind, text, answer = "recall", f"{statement.format(value)} {asked}", answer.format(value)
         else:

@@ -5,6 +5,7 @@ demo's conversations, enough to hold the template, not to be good.
 """
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,11 @@ from train import train
 def constant_reward(reply, row):
     """A reward function (--reward_fn=test_alignment:constant_reward) that cannot tell replies apart."""
     return 1.0
+
+
+def length_reward(reply, row):
+    """A judge that prefers longer replies: it orders almost any two replies of an untrained model."""
+    return float(len(reply))
 
 
 def write_jsonl(path, records):
@@ -128,6 +134,9 @@ def test_dpo_starts_at_ln2_and_learns_the_preference(tmp_path, sft, files):
     assert [r for r in records(out) if "loss" in r][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert evals[-1]["val_loss"] < 0.6 and evals[-1]["val_accuracy"] > 0.8
     assert load_checkpoint(out / LAST)["chat_tuned"] is True
+    sampled = run_script("sample.py", f"--ckpt={out}", "--max_new_tokens=5", "--device=cpu")
+    chatted = run_script("chat.py", f"--ckpt={out}", "--max_new_tokens=5", "--device=cpu", "--history=", input="Repeat after me: moon\n")
+    assert sampled.returncode == 0 and chatted.returncode == 0, sampled.stderr + chatted.stderr
 
 
 def test_ipo_loss_starts_at_its_target_squared(tmp_path, sft, files):
@@ -255,3 +264,23 @@ def test_align_py_makes_judged_pairs_and_evaluates_a_policy(tmp_path, sft, files
     assert "exact" in evaluated.stdout and "KL 0.000 nats/reply" in evaluated.stdout and "win rate" in evaluated.stdout
     bare = run_script("align.py", "--device=cpu")
     assert bare.returncode == 2 and "give one command" in bare.stderr
+
+
+def test_align_py_scores_conversations_and_runs_rounds(tmp_path, sft, reward_model, files, monkeypatch):
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": r["prompt"] + [{"role": "assistant", "content": reply}]}
+                                                   for r in make_prompts(3, seed=1) for reply in (r["answer"], f"Sure! {r['answer']}")])
+    scored = run_script("align.py", "score", f"--reward_model={reward_model}", f"--conversations={chats}", "--json", "--device=cpu")
+    assert scored.returncode == 0, scored.stderr
+    scores = [json.loads(line)["score"] for line in scored.stdout.splitlines()]
+    assert len(scores) == 6 and all(plain > chatty for plain, chatty in zip(scores[::2], scores[1::2]))  # what the reward model learned
+    options = ["--block_size=160", "--max_iters=2", "--eval_interval=2", "--batch_size=8", "--eval_prompts=4", "--max_reply_tokens=16",
+               "--device=cpu", "--threads=1", "--optimizer=adamw"]
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the judge below is in this file
+    rounds = run_script("align.py", "rounds", "--judge=test_alignment:length_reward", f"--policy={sft}", f"--prompts={files['prompts']}",
+                        "--rounds=2", "--max_reply_tokens=16",
+                        f"--out_dir={tmp_path / 'rounds'}", f"--train_options={','.join(options)}", "--device=cpu", timeout=300)
+    assert rounds.returncode == 0, rounds.stderr[-2000:]
+    second = load_checkpoint(tmp_path / "rounds" / "round_2" / "policy" / LAST)
+    assert second["train_config"]["init_from"] == str(tmp_path / "rounds" / "round_1" / "policy")  # round 2 starts from round 1's policy
+    assert second["train_config"]["ref_from"] == str(sft) and second["train_config"]["objective"] == "ppo"
+    assert (tmp_path / "rounds" / "round_2" / "reward" / LAST).is_file() and "== round 2" in rounds.stdout
