@@ -1,6 +1,6 @@
 """Feedback for alignment: python align.py COMMAND [--key=value ...]
 
-    pairs     sample two replies per prompt from --policy, let --judge pick the better one (ties dropped), write the pairs
+    pairs     sample --samples replies per prompt from --policy, let --judge order them (ties dropped), write the pairs
               (TRL's prompt/chosen/rejected JSONL) for `train.py --objective=reward` or `--objective=dpo`
     score     a reward model's pairwise accuracy and mean margin on --pairs, or its score of each conversation's last
               reply in --conversations
@@ -38,6 +38,7 @@ class AlignConfig:
     pairs: str = option("", "score: preference pairs (.jsonl)")
     conversations: str = option("", "score: conversations ({\"messages\": [...]} per line), each scored on its last reply")
     reference: str = option("", "evaluate: the model to compare with (KL and win rate), e.g. the fine-tuned one")
+    samples: int = option(2, "pairs: replies sampled per prompt; every two the judge scores differently make a pair", bounds="[2, 64]")
     temperature: float = option(1.0, "pairs: sampling temperature of the two replies (evaluate uses chat.py's, 0.3)", bounds=">0")
     max_reply_tokens: int = option(48, "the longest reply, in tokens", bounds="[1, 100000]")
     rounds: int = option(2, "rounds: how many", bounds="[1, 1000]")

@@ -52,7 +52,9 @@ def main():
             times["data"], _ = run(["data/alignment_demo.py", f"--out_dir={data}"], log)
             times["sft"], _ = run(["train.py", "config/align_sft.py", f"--init_from={cfg.base}", f"--chat_data={data / 'sft.jsonl'}",
                                    f"--out_dir={sft}", "--resume=false"], log)
-        t1, _ = run(["align.py", "pairs", f"--policy={sft}", f"--prompts={data / 'prompts.jsonl'}", f"--out={work / 'pairs.jsonl'}"], log)
+        # training pairs from rankings of 4 replies (InstructGPT ranked 4 to 9); held-out pairs as the task defines a comparison, 2 replies
+        t1, _ = run(["align.py", "pairs", f"--policy={sft}", f"--prompts={data / 'prompts.jsonl'}", f"--out={work / 'pairs.jsonl'}",
+                     "--samples=4"], log)
         t2, _ = run(["align.py", "pairs", f"--policy={sft}", f"--prompts={data / 'heldout.jsonl'}", f"--out={work / 'heldout_pairs.jsonl'}",
                      "--seed=1"], log)
         times["pairs"] = t1 + t2

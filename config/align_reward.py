@@ -1,4 +1,5 @@
-"""Alignment demo, a reward model on judged pairs of the fine-tuned model's own replies (python align.py pairs ...).
+"""Alignment demo, a reward model on judged pairs of the fine-tuned model's own replies (python align.py pairs
+--samples=4 ...: four replies per prompt, every two the judge orders differently make a pair, as InstructGPT's rankings).
 
     python train.py config/align_reward.py   # -> out_align_rm/ (its config says score_head: a reward model)
 
@@ -12,7 +13,7 @@ val_fraction = 0.1
 block_size = 96
 optimizer = "adamw"
 batch_size = 16
-max_iters = 100
+max_iters = 200
 lr = 3e-4
 warmup_iters = 10
-eval_interval = 50
+eval_interval = 100

@@ -1,6 +1,7 @@
 """The alignment demo's task: short requests whose best reply a program can name exactly, and a judge that prefers it.
 
-Two kinds of request, both answered by copying from the prompt, so a model can get held-out ones right:
+Two kinds of request, both answered by copying from the prompt, so a model can get held-out ones right (RECALL_SHARE
+of them recall, the rest repeats):
 - recall: a fact and a question about it in one message ("My name is Mezo. What is my name?" -> "Your name is
   Mezo."), the facts and their values as the chat demo's training ones (gptkit/demo_chat.py: real and made-up names
   and places, colours, numbers, dates);
@@ -23,7 +24,7 @@ from gptkit.errors import UsageError
 KINDS = ("recall", "repeat")
 SPLITS = ("train", "heldout")
 RECALL_FACTS = ("name", "colour", "number", "city", "pet", "date")  # not passwords: too hard to copy for the demo's tiny model
-RECALL_SHARE = 0.4  # of requests; the rest are repeats
+RECALL_SHARE = 0.2  # of requests; the rest are repeats (copying a made-up name is where the tiny model errs)
 EXACT_SHARE = 0.3  # of fine-tuning replies: the plain answer
 CHATTY = (("Sure! {answer}", 0.5), ("Sure! {answer} Let me know if you need anything else.", 0.2))
 

@@ -39,29 +39,29 @@ def prompt_rows(path):
 # -- pairs --------------------------------------------------------------------------------------------------------------
 
 def make_pairs(cfg, device, policy=None, out=None):
-    """Two sampled replies per prompt, judged; returns how many pairs were written and how many ties dropped."""
+    """--samples replies per prompt, judged; every two that the judge scores differently make a pair (InstructGPT
+    ranked 4 to 9 replies per prompt the same way). Returns (pairs written, prompts whose replies all tied)."""
     check_output(out or cfg.out, "out")
     model, tokenizer = load_policy(policy or cfg.policy, device)
-    judge, rows = reward_function(cfg.judge), prompt_rows(cfg.prompts)
+    judge, rows, k = reward_function(cfg.judge), prompt_rows(cfg.prompts), cfg.samples
     prompts = [prompt_for_reply(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in r.prompt]) for r in rows]
     pairs, ties = [], 0
     for start in tqdm(range(0, len(rows), 32), desc="sampling pairs", unit="batch", disable=None):
         chunk = list(range(start, min(start + 32, len(rows))))
-        doubled = [prompts[i] for i in chunk for _ in range(2)]
-        replies = sample_replies(model, tokenizer, doubled, cfg.temperature, cfg.max_reply_tokens,
-                                 [cfg.seed * 1_000_003 + 2 * i + k for i in chunk for k in range(2)])
+        replies = sample_replies(model, tokenizer, [prompts[i] for i in chunk for _ in range(k)], cfg.temperature, cfg.max_reply_tokens,
+                                 [cfg.seed * 1_000_003 + k * i + n for i in chunk for n in range(k)])
         for j, i in enumerate(chunk):
-            a, b = (reply_text(tokenizer, r) for r, _ in replies[2 * j:2 * j + 2])
-            sa, sb = judge(a, rows[i].fields), judge(b, rows[i].fields)
-            if sa == sb:
-                ties += 1
-                continue
-            chosen, rejected = (a, b) if sa > sb else (b, a)
-            pairs.append({"prompt": rows[i].prompt, "chosen": chosen, "rejected": rejected})
+            texts = list(dict.fromkeys(reply_text(tokenizer, r) for r, _ in replies[k * j:k * (j + 1)]))  # the same reply twice is no comparison
+            scored = [(judge(text, rows[i].fields), text) for text in texts]
+            found = [(a, b) for n, a in enumerate(scored) for b in scored[n + 1:] if a[0] != b[0]]
+            ties += not found
+            for a, b in found:
+                (_, chosen), (_, rejected) = (a, b) if a[0] > b[0] else (b, a)
+                pairs.append({"prompt": rows[i].prompt, "chosen": chosen, "rejected": rejected})
     with atomic_write(out or cfg.out, "wb") as f:
         for pair in pairs:
             f.write((json.dumps(pair) + "\n").encode("utf-8"))
-    print(f"wrote {len(pairs):,} pairs to {out or cfg.out} ({ties:,} of {len(rows):,} prompts were ties, dropped)")
+    print(f"wrote {len(pairs):,} pairs to {out or cfg.out} ({ties:,} of {len(rows):,} prompts had replies all judged alike)")
     return len(pairs), ties
 
 

@@ -134,14 +134,14 @@ class RLObjective(Objective):
     def sampled(self, model, prompt_indices, seeds, device):
         """Replies to these training prompts: the ReplyBatch, log-probs at sampling (B, T), rewards (B,), ended (B,)."""
         rows = [self.train_rows[i] for i in prompt_indices]
-        prompts = [ids for ids, _ in rows]
+        prompts = [ids for ids, _, _ in rows]
         replies = sample_replies(model, self.tokenizer, prompts, self.cfg.rollout_temperature, self.cfg.max_reply_tokens, seeds)
         ended = torch.tensor([e for _, e in replies])
         reply_ids = [r if r else [self.pad] for r, _ in replies]  # an empty reply can only be one that hit the length limit at once
         batch = reply_batch(prompts, reply_ids, self.pad).to(device)
         with torch.no_grad():
             old_logp = token_logprobs(unwrapped(model), batch, self.vocab_limit)
-        rewards = self.score([p + r for p, r in zip(prompts, reply_ids)], reply_ids, [f for _, f in rows], device)
+        rewards = self.score([p + r for p, r in zip(prompts, reply_ids)], reply_ids, [f for _, f, _ in rows], device)
         rewards = rewards - self.cfg.no_end_penalty * (~ended).float().to(device)
         return batch, old_logp, rewards, ended
 
@@ -185,8 +185,8 @@ class RLObjective(Objective):
     def evaluate(self, model, device, autocast, dist=None):
         """Greedy replies to held-out prompts: their mean reward (val_loss is its negative), how many ended, and the
         KL to the reference of replies sampled at temperature 1 (nats per reply)."""
-        prompts = [ids for ids, _ in self.val_rows[:self.cfg.eval_prompts]]
-        fields = [f for _, f in self.val_rows[:self.cfg.eval_prompts]]
+        prompts = [ids for ids, _, _ in self.val_rows[:self.cfg.eval_prompts]]
+        fields = [f for _, f, _ in self.val_rows[:self.cfg.eval_prompts]]
         greedy = sample_replies(model, self.tokenizer, prompts, 0.0, self.cfg.max_reply_tokens, [0] * len(prompts))
         replies = [r if r else [self.pad] for r, _ in greedy]
         rewards = self.score([p + r for p, r in zip(prompts, replies)], replies, fields, device)
@@ -203,9 +203,9 @@ class RLObjective(Objective):
     def report(self, model, cfg):
         """A few held-out prompts and the greedy replies to them."""
         rows = self.val_rows[:3]
-        replies = sample_replies(model, self.tokenizer, [ids for ids, _ in rows], 0.0, cfg.max_reply_tokens, [0] * len(rows))
-        for (_, fields), (reply, _) in zip(rows, replies):
-            print(f"  user: {fields['_user']!r} -> {reply_text(self.tokenizer, reply)!r}")
+        replies = sample_replies(model, self.tokenizer, [ids for ids, _, _ in rows], 0.0, cfg.max_reply_tokens, [0] * len(rows))
+        for (_, _, user), (reply, _) in zip(rows, replies):
+            print(f"  user: {user!r} -> {reply_text(self.tokenizer, reply)!r}")
 
     # -- state ---------------------------------------------------------------------------------------------------------
 
@@ -350,21 +350,20 @@ def group_advantages(rewards, group_size):
 # -- building them ----------------------------------------------------------------------------------------------------
 
 def rl_prompts(cfg, tokenizer):
-    """(train rows, held-out rows, summary): rows are (prompt ids, fields), held out by prompt."""
+    """(train rows, held-out rows, summary): rows are (prompt ids, fields for the reward, the user's last message), held out by prompt."""
     if not cfg.prompts:
         raise UsageError(f"--objective={cfg.objective} samples replies to prompts: give --prompts=FILE.jsonl")
     rows, bad = read_prompts(cfg.prompts)
     if bad:
         print(f"note: {len(bad)} prompt rows skipped: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-    fitted = [(pair_ids(tokenizer, Pair(r.prompt, "", "", r.where))[0], {**r.fields, "_user": r.prompt[-1]["content"]}, prompt_key(r.prompt))
-              for r in rows]
+    fitted = [(pair_ids(tokenizer, Pair(r.prompt, "", "", r.where))[0], r.fields, r.prompt[-1]["content"], prompt_key(r.prompt)) for r in rows]
     fitted = [f for f in fitted if len(f[0]) + cfg.max_reply_tokens <= cfg.block_size]
     if len(fitted) < len(rows):
         print(f"note: {len(rows) - len(fitted)} prompts left out: with --max_reply_tokens={cfg.max_reply_tokens} they do not fit --block_size={cfg.block_size}")
     if not fitted:
         raise UsageError(f"{cfg.prompts}: no prompt fits --block_size={cfg.block_size} with --max_reply_tokens={cfg.max_reply_tokens}")
-    train, held = held_out_split([f[2] for f in fitted], cfg.val_fraction, cfg.seed)
-    return [fitted[i][:2] for i in train], [fitted[i][:2] for i in held], f"{cfg.prompts} ({len(train):,} prompts to train on, {len(held):,} held out)"
+    train, held = held_out_split([f[3] for f in fitted], cfg.val_fraction, cfg.seed)
+    return [fitted[i][:3] for i in train], [fitted[i][:3] for i in held], f"{cfg.prompts} ({len(train):,} prompts to train on, {len(held):,} held out)"
 
 
 def ppo_objective(cfg, tokenizer, init, device, dist):

@@ -252,11 +252,11 @@ def test_bad_preference_rows_are_named_and_the_rest_used(tmp_path, sft, files, c
 def test_align_py_makes_judged_pairs_and_evaluates_a_policy(tmp_path, sft, files):
     out = tmp_path / "pairs.jsonl"
     made = run_script("align.py", "pairs", f"--policy={sft}", f"--prompts={files['prompts']}", f"--out={out}", "--max_reply_tokens=24",
-                      "--device=cpu")
+                      "--samples=3", "--device=cpu")
     assert made.returncode == 0, made.stderr
     rows = {json.dumps(r["prompt"]): r for r in map(json.loads, files["prompts"].read_text().splitlines())}
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert f"wrote {len(pairs)} pairs" in made.stdout
+    assert f"wrote {len(pairs)} pairs" in made.stdout and len({json.dumps(p) for p in pairs}) == len(pairs)
     assert all(judge(p["chosen"], rows[json.dumps(p["prompt"])]) > judge(p["rejected"], rows[json.dumps(p["prompt"])]) for p in pairs)
     evaluated = run_script("align.py", "evaluate", f"--policy={sft}", f"--prompts={files['prompts']}", f"--reference={sft}",
                            "--max_reply_tokens=8", "--device=cpu")
