@@ -7,9 +7,9 @@ A conversation is rendered from the special tokens every tokenizer reserves:
 Each message is encoded on its own, so the tokens of a conversation are the tokens of its first messages followed by
 those of the next one: chat.py relies on that to keep its KV cache across turns.
 """
-from pathlib import Path
 
 from gptkit.errors import UsageError
+from gptkit.files import read_jsonl_text
 from gptkit.sources import dataset_documents, jsonl_records
 
 ROLES = ("system", "user", "assistant")
@@ -92,14 +92,7 @@ def check_messages(messages, where="conversation"):
 
 def read_conversations(path):
     """The conversations of a JSONL file: one {"messages": [...]} object per line (extra fields are kept)."""
-    path = Path(path)
-    if not path.is_file():
-        detail = "is a folder" if path.is_dir() else "does not exist"
-        raise UsageError(f"conversation file {path} {detail}; give a .jsonl file with one {{\"messages\": [...]}} per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    text = read_jsonl_text(path, "conversation", '{"messages": [...]}')
     conversations = []
     for line_number, record in jsonl_records(path, text):
         if not isinstance(record, dict) or "messages" not in record:

@@ -98,6 +98,18 @@ def require_file(path, what):
     return path
 
 
+def read_jsonl_text(path, what, shape):
+    """The text of a JSONL file of `what` (one `shape` per line): one line when it is missing, a folder or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        detail = "is a folder" if path.is_dir() else "does not exist"
+        raise UsageError(f"{what} file {path} {detail}; give a .jsonl file with one {shape} per line")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def check_output(path, option, folder=False):
     """Refuse, before any work, an output path that cannot be written: empty, the wrong kind, in the source tree,
     or under something that is not a writable folder. Creates nothing."""

@@ -65,7 +65,7 @@ def model_card(out_dir, model_config, train_config, n_params, step, tokens_seen,
         "", "## Training", "",
     ]
     if train_config:
-        unit = "conversations" if fine_tuned_on_conversations(tc) else f"x {tc['block_size']} tokens"
+        unit = BATCH_UNITS.get(tc.get("objective"), "conversations" if fine_tuned_on_conversations(tc) else f"x {tc['block_size']} tokens")
         lines += [
             "| | |", "| --- | --- |",
             f"| data | {data_source(tc)} |",
@@ -77,7 +77,8 @@ def model_card(out_dir, model_config, train_config, n_params, step, tokens_seen,
         ]
     else:
         lines.append(f"The checkpoint records no training configuration (step {step:,}). {chat}.")
-    lines += ["", "## Validation", "", *validation_table(latest, best, step), "", "## Use it", "", "```bash", *usage(out_dir, tc, chat_tuned), "```", ""]
+    lines += ["", "## Validation", "", *validation_table(latest, best, step, tc.get("objective")), "", "## Use it", "", "```bash",
+              *(reward_model_usage(out_dir) if c.get("score_head") else usage(out_dir, tc, chat_tuned)), "```", ""]
     return "\n".join(lines)
 
 
@@ -104,8 +105,17 @@ def fine_tuned_on_conversations(tc):
     return tc.get("chat_data") or tc.get("chat_dataset")
 
 
+BATCH_UNITS = {"reward": "preference pairs", "dpo": "preference pairs", "ppo": "sampled replies", "grpo": "sampled replies"}
+
+
 def data_source(tc):
-    if tc.get("chat_dataset"):
+    if tc.get("objective") in ("reward", "dpo"):
+        pairs = f"the Hugging Face dataset {tc['pairs_dataset']}" if tc.get("pairs_dataset") else tc.get("pairs")
+        source = f"preference pairs from {pairs} ({'a reward model' if tc['objective'] == 'reward' else 'DPO'})"
+    elif tc.get("objective") in ("ppo", "grpo"):
+        scorer = tc.get("reward_fn") or f"the reward model {tc.get('reward_model')}"
+        source = f"replies sampled to the prompts of {tc.get('prompts')}, rewarded by {scorer} ({tc['objective'].upper()})"
+    elif tc.get("chat_dataset"):
         source = f"conversations of the Hugging Face dataset {tc['chat_dataset']} ({tc.get('chat_split', 'train')} split)"
     elif tc.get("chat_data") == "demo":
         source = f"{tc.get('demo_conversations', 0):,} synthetic conversations (data/synthetic_chat.py)"
@@ -127,17 +137,42 @@ def optimizer(tc):
     return f"{tc['optimizer']} ({lr}), {tc['warmup_iters']} warmup steps then {tc['lr_schedule']} to {tc['min_lr_frac']:g} of the peak"
 
 
-def validation_table(latest, best, step):
+def validation_table(latest, best, step, objective=None):
     rows = [("this checkpoint", {"step": step, **(latest or {})}), ("best", best or {})]
     rows = [(what, r) for what, r in rows if _finite(r.get("val_loss"))]
     if not rows:
         return ["No validation recorded."]
+    if objective in ALIGNMENT_COLUMNS:  # its own figures, not a language-modelling loss
+        header, figure = ALIGNMENT_COLUMNS[objective]
+        lines = [f"| | step | {header} |", "| --- | --- | --- |"]
+        return lines + [f"| {what} | {r.get('step', '—')} | {figure(r)} |" for what, r in rows]
     lines = ["| | step | loss (nats/token) | perplexity | bits per byte |", "| --- | --- | --- | --- | --- |"]
     for what, r in rows:
         loss, bpb = r["val_loss"], r.get("val_bpb")
         lines.append(f"| {what} | {r['step'] if 'step' in r else '—'} | {loss:.4f} | {math.exp(min(loss, 700)):.2f} | "
                      f"{f'{bpb:.4f}' if _finite(bpb) else '—'} |")
     return lines
+
+
+def _accuracy(r):
+    return f"{r['val_loss']:.4f}, {100 * r['val_accuracy']:.1f}%" if _finite(r.get("val_accuracy")) else f"{r['val_loss']:.4f}, —"
+
+
+ALIGNMENT_COLUMNS = {  # objective: (column header, the figure of an evaluation record)
+    "reward": ("loss, pairwise accuracy on held-out pairs", _accuracy),
+    "dpo": ("DPO loss, implicit-reward accuracy on held-out pairs", _accuracy),
+    "ppo": ("mean reward of greedy replies to held-out prompts", lambda r: f"{-r['val_loss']:.4f}"),
+    "grpo": ("mean reward of greedy replies to held-out prompts", lambda r: f"{-r['val_loss']:.4f}"),
+}
+
+
+def reward_model_usage(out_dir):
+    ckpt = shlex.quote(str(out_dir))
+    return ["# a reward model: it scores replies (sample.py and chat.py refuse it)",
+            f"python align.py score --reward_model={ckpt} --pairs=PAIRS.jsonl        # pairwise accuracy",
+            f"python align.py score --reward_model={ckpt} --conversations=CHATS.jsonl  # a score per conversation",
+            "# PPO against it",
+            f"python train.py --objective=ppo --reward_model={ckpt} --init_from=POLICY --prompts=PROMPTS.jsonl --out_dir=out_ppo"]
 
 
 def _finite(value):
@@ -183,7 +218,7 @@ def card_from_checkpoint(path):
     main_path = folder / LAST if path.is_dir() and (folder / LAST).is_file() else resolve_checkpoint(path)
     ckpt = load_checkpoint(main_path)
     step = ckpt.get("step", 0)
-    model, _ = build_model(ckpt)
+    model, _ = build_model(ckpt, reward_model=bool(ckpt["model_config"].get("score_head")))
     tokenizer = Tokenizer.from_json(ckpt["tokenizer"])
     best, latest = {"val_loss": ckpt.get("best_val_loss")}, None
     if "val_loss" in ckpt:  # best.pt: its own evaluation is the latest and the best

@@ -13,10 +13,10 @@ large download should not stop a run, and the caller prints how many and which w
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from gptkit.chat_template import check_messages, prompt_for_reply
 from gptkit.errors import UsageError
+from gptkit.files import read_jsonl_text
 
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -174,14 +174,7 @@ def dataset_prompts(name, split="train"):
 
 
 def read_rows(path, parse, what, shape):
-    path = Path(path)
-    if not path.is_file():
-        detail = "is a folder" if path.is_dir() else "does not exist"
-        raise UsageError(f"{what} file {path} {detail}; give a .jsonl file with one {shape} per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    text = read_jsonl_text(path, what, shape)
     return collect(json_lines(path, text), lambda line, where: parse(loads(line), where), str(path), what)
 
 

@@ -149,6 +149,8 @@ def test_a_reward_model_learns_the_preference_and_says_what_it_is(tmp_path, rewa
     evals = [r for r in records(reward_model) if "val_loss" in r]
     assert evals[-1]["val_accuracy"] == 1.0 and evals[-1]["val_margin"] > evals[0]["val_margin"]
     assert load_checkpoint(reward_model / LAST)["model_config"]["score_head"] is True
+    card = (reward_model / "MODEL_CARD.md").read_text()
+    assert "pairwise accuracy on held-out pairs" in card and "align.py score --reward_model=" in card and "python sample.py" not in card
     scored = run_script("align.py", "score", f"--reward_model={reward_model}", f"--pairs={files['pairs']}", "--device=cpu")
     assert scored.returncode == 0 and "pairwise accuracy 100.0% on 80 pairs" in scored.stdout, scored.stderr
     sampled = run_script("sample.py", f"--ckpt={reward_model}", "--device=cpu")
@@ -273,14 +275,13 @@ def test_align_py_scores_conversations_and_runs_rounds(tmp_path, sft, reward_mod
     assert scored.returncode == 0, scored.stderr
     scores = [json.loads(line)["score"] for line in scored.stdout.splitlines()]
     assert len(scores) == 6 and all(plain > chatty for plain, chatty in zip(scores[::2], scores[1::2]))  # what the reward model learned
-    options = ["--block_size=160", "--max_iters=2", "--eval_interval=2", "--batch_size=8", "--eval_prompts=4", "--max_reply_tokens=16",
-               "--device=cpu", "--threads=1", "--optimizer=adamw"]
+    options = ["--block_size=160", "--max_iters=2", "--eval_interval=2", "--batch_size=8", "--device=cpu", "--threads=1", "--optimizer=adamw"]
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the judge below is in this file
     rounds = run_script("align.py", "rounds", "--judge=test_alignment:length_reward", f"--policy={sft}", f"--prompts={files['prompts']}",
-                        "--rounds=2", "--max_reply_tokens=16",
+                        "--rounds=2", "--method=dpo", "--max_reply_tokens=16",
                         f"--out_dir={tmp_path / 'rounds'}", f"--train_options={','.join(options)}", "--device=cpu", timeout=300)
     assert rounds.returncode == 0, rounds.stderr[-2000:]
     second = load_checkpoint(tmp_path / "rounds" / "round_2" / "policy" / LAST)
     assert second["train_config"]["init_from"] == str(tmp_path / "rounds" / "round_1" / "policy")  # round 2 starts from round 1's policy
-    assert second["train_config"]["ref_from"] == str(sft) and second["train_config"]["objective"] == "ppo"
-    assert (tmp_path / "rounds" / "round_2" / "reward" / LAST).is_file() and "== round 2" in rounds.stdout
+    assert second["train_config"]["ref_from"] == str(sft) and second["train_config"]["objective"] == "dpo"
+    assert second["train_config"]["pairs"] == str(tmp_path / "rounds" / "round_2" / "pairs.jsonl") and "== round 2" in rounds.stdout

@@ -66,7 +66,7 @@ def test_every_command_runs_from_an_unrelated_folder(installed, tmp_path):
         result = run(env_dir, command, "--help", cwd=work)
         assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-2000:])
         if command == "gptkit-train":
-            assert "one of: chat_demo, default," in result.stdout  # the ready configs ship inside the wheel
+            assert "align_sft, chat_demo, default," in result.stdout  # the ready configs ship inside the wheel
 
     # the gptkit found is the installed one, not this checkout
     where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import gptkit.model, gptkit.train; print(gptkit.model.__file__)"],
