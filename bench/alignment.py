@@ -69,10 +69,8 @@ def main():
             "dpo": ["train.py", "config/align_dpo.py", *common, f"--pairs={work / 'pairs.jsonl'}", f"--out_dir={work / 'dpo'}"],
             "grpo": ["train.py", "config/align_grpo.py", *common, f"--prompts={data / 'prompts.jsonl'}", f"--out_dir={work / 'grpo'}"],
         }
-        commands = {}
         for name, argv in stages.items():
             times[name], _ = run(argv, log)
-            commands[name] = argv
         for name in ("sft", "ppo", "dpo", "grpo"):
             argv = ["align.py", "evaluate", f"--policy={work / name}", f"--prompts={data / 'heldout.jsonl'}", "--json"]
             argv += [f"--reference={sft}"] if name != "sft" else []

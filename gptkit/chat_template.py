@@ -50,6 +50,16 @@ def prompt_for_reply(tokenizer, turns):
     return render_turns(tokenizer, turns)[0] + [tokenizer.special_id("<|assistant_start|>")]
 
 
+def encoded_turns(tokenizer, messages):
+    """(role, content token ids) of {"role", "content"} messages, each encoded on its own."""
+    return [(m["role"], tokenizer.encode(m["content"])) for m in messages]
+
+
+def messages_prompt(tokenizer, messages):
+    """The tokens that ask for the assistant's reply to {"role", "content"} messages."""
+    return prompt_for_reply(tokenizer, encoded_turns(tokenizer, messages))
+
+
 def drop_oldest_turns(turns, fits, role=lambda turn: turn[0]):
     """Drop the oldest turns until fits(turns): a user message and the reply after it at a time, never a first system
     message and never the last message. Returns (turns, number dropped), or (None, number dropped) when even the
@@ -74,7 +84,7 @@ def reply_stop_ids(tokenizer):
 def render_conversation(tokenizer, messages):
     """Token ids and a loss mask (1 only on the assistant's tokens, its <|assistant_end|> included)."""
     check_messages(messages)
-    return render_turns(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in messages])
+    return render_turns(tokenizer, encoded_turns(tokenizer, messages))
 
 
 def check_messages(messages, where="conversation"):

@@ -12,20 +12,19 @@ import torch
 from tqdm import tqdm
 
 from gptkit.chat_session import ChatSession
-from gptkit.chat_template import prompt_for_reply, read_conversations
+from gptkit.chat_template import messages_prompt, read_conversations
 from gptkit.checkpoint import build_model
 from gptkit.engine import SamplingOptions
 from gptkit.errors import UsageError
 from gptkit.files import atomic_write, check_output
 from gptkit.loading import load_any_checkpoint
 from gptkit.logprobs import last_scores, padded_rows
-from gptkit.preferences import Pair, pair_ids, read_pairs, read_prompts
+from gptkit.preferences import pair_ids, read_pairs, read_prompts, reply_ids
 from gptkit.rl_objectives import kl_to_reference, reply_text, reward_function, sample_replies
 
 
 def load_policy(spec, device):
-    model, tokenizer = build_model(load_any_checkpoint(spec), device)
-    return model, tokenizer
+    return build_model(load_any_checkpoint(spec), device)
 
 
 def prompt_rows(path):
@@ -44,7 +43,7 @@ def make_pairs(cfg, device, policy=None, out=None):
     check_output(out or cfg.out, "out")
     model, tokenizer = load_policy(policy or cfg.policy, device)
     judge, rows, k = reward_function(cfg.judge), prompt_rows(cfg.prompts), cfg.samples
-    prompts = [prompt_for_reply(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in r.prompt]) for r in rows]
+    prompts = [messages_prompt(tokenizer, r.prompt) for r in rows]
     pairs, ties = [], 0
     for start in tqdm(range(0, len(rows), 32), desc="sampling pairs", unit="batch", disable=None):
         chunk = list(range(start, min(start + 32, len(rows))))
@@ -98,8 +97,7 @@ def score_conversations(reward_model, path, device):
         *prompt, last = conversation["messages"]
         if last["role"] != "assistant" or not prompt or prompt[-1]["role"] != "user":
             raise UsageError(f"{path}: conversation {i} must end with a user message and the assistant's reply to be scored")
-        prompt_ids, reply_ids, _ = pair_ids(tokenizer, Pair(prompt, last["content"], last["content"], f"{path}:{i}"))
-        rows.append((prompt_ids, reply_ids))
+        rows.append((messages_prompt(tokenizer, prompt), reply_ids(tokenizer, last["content"])))
         where.append(f"{path}:{i}")
     return list(zip(where, reply_scores(model, tokenizer, rows, device)))
 
@@ -126,7 +124,7 @@ def evaluate_policy(cfg, device, policy=None):
     result = {"exact": sum(s == 1.0 for s in scores) / len(scores), "score": sum(scores) / len(scores), "n": len(rows)}
     if cfg.reference:
         reference, _ = load_policy(cfg.reference, device)
-        prompts = [prompt_for_reply(tokenizer, [(m["role"], tokenizer.encode(m["content"])) for m in r.prompt]) for r in rows]
+        prompts = [messages_prompt(tokenizer, r.prompt) for r in rows]
         result["kl"] = kl_to_reference(model, reference, tokenizer, prompts, cfg.max_reply_tokens, device, seed=cfg.seed)
         theirs = chat_replies(reference, tokenizer, rows, cfg.max_reply_tokens, cfg.seed + 1)
         wins = [(s > t) + 0.5 * (s == t) for s, t in zip(scores, (judge(r, row.fields) for r, row in zip(theirs, rows)))]

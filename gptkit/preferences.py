@@ -14,9 +14,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from gptkit.chat_template import check_messages, prompt_for_reply
+from gptkit.chat_template import check_messages, messages_prompt
 from gptkit.errors import UsageError
 from gptkit.files import read_jsonl_text
+from gptkit.sources import load_dataset
 
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -129,9 +130,12 @@ def nonempty(text, name):
 def pair_ids(tokenizer, pair):
     """(prompt_ids, chosen_ids, rejected_ids): the prompt ends with <|assistant_start|>, each reply with <|assistant_end|>.
     Each part is tokenized on its own, so prompt_ids + chosen_ids is exactly what render_conversation gives the whole."""
-    turns = [(m["role"], tokenizer.encode(m["content"])) for m in pair.prompt]
-    end = tokenizer.special_id("<|assistant_end|>")
-    return prompt_for_reply(tokenizer, turns), tokenizer.encode(pair.chosen) + [end], tokenizer.encode(pair.rejected) + [end]
+    return messages_prompt(tokenizer, pair.prompt), reply_ids(tokenizer, pair.chosen), reply_ids(tokenizer, pair.rejected)
+
+
+def reply_ids(tokenizer, text):
+    """A reply's tokens as the assistant writes them: its text, then <|assistant_end|>."""
+    return tokenizer.encode(text) + [tokenizer.special_id("<|assistant_end|>")]
 
 
 def prompt_row(record, where):
@@ -194,16 +198,8 @@ def loads(line):
 
 
 def dataset_records(name, split):
-    """(where, record) per record of a Hugging Face dataset, loaded as sources.dataset_documents loads one."""
-    try:
-        import datasets
-    except ImportError:
-        raise UsageError("reading a Hugging Face dataset needs the `datasets` package: pip install datasets") from None
-    try:
-        data = datasets.load_dataset(name, split=split)
-    except Exception as e:  # the hub, the network and the builders raise many kinds
-        raise UsageError(f"could not load dataset {name!r} split {split!r}: {str(e).splitlines()[0][:200]}") from None
-    for i, record in enumerate(data, 1):
+    """(where, record) per record of a Hugging Face dataset."""
+    for i, record in enumerate(load_dataset(name, split), 1):
         yield f"dataset {name!r} record {i}", record
 
 

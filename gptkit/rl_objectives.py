@@ -13,6 +13,7 @@ server's engine: a KV cache, every reply of the batch decoded together), scores 
 A batch's prompts, seeds and rollouts depend only on (--seed, round, micro-batch), and the rollouts being trained on
 are saved with the checkpoint, so a resumed run continues bit for bit.
 """
+import copy
 import importlib
 from functools import lru_cache
 
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 
 from gptkit.batching import BatchEngine, Request
-from gptkit.chat_template import reply_stop_ids
+from gptkit.chat_template import messages_prompt, reply_stop_ids
 from gptkit.errors import UsageError
 from gptkit.logprobs import ReplyBatch, last_scores, masked_mean, padded_rows, reply_batch, token_logprobs
 from gptkit.objective_base import Objective, Tally
 from gptkit.preference_objectives import frozen_model, held_out_split, prompt_key
-from gptkit.preferences import Pair, pair_ids, read_prompts
+from gptkit.preferences import read_prompts
 
 
 def unwrapped(model):
@@ -35,7 +36,8 @@ def unwrapped(model):
 
 
 def sample_replies(model, tokenizer, prompts, temperature, max_tokens, seeds, max_batch=16):
-    """One reply per prompt, decoded together: (reply ids with the stop token that ended it, ended?) per prompt."""
+    """One reply per prompt, decoded together: (reply ids with the stop token that ended it, ended?) per prompt. A reply
+    is never empty: it holds at least its first sampled token, or the stop token that was."""
     policy = unwrapped(model)
     was_training = policy.training
     policy.eval()
@@ -137,21 +139,21 @@ class RLObjective(Objective):
         prompts = [ids for ids, _, _ in rows]
         replies = sample_replies(model, self.tokenizer, prompts, self.cfg.rollout_temperature, self.cfg.max_reply_tokens, seeds)
         ended = torch.tensor([e for _, e in replies])
-        reply_ids = [r if r else [self.pad] for r, _ in replies]  # an empty reply can only be one that hit the length limit at once
+        reply_ids = [r for r, _ in replies]
         batch = reply_batch(prompts, reply_ids, self.pad).to(device)
         with torch.no_grad():
             old_logp = token_logprobs(unwrapped(model), batch, self.vocab_limit)
-        rewards = self.score([p + r for p, r in zip(prompts, reply_ids)], reply_ids, [f for _, f, _ in rows], device)
+        rewards = self.score(prompts, reply_ids, [f for _, f, _ in rows], device)
         rewards = rewards - self.cfg.no_end_penalty * (~ended).float().to(device)
         return batch, old_logp, rewards, ended
 
     @torch.no_grad()
-    def score(self, rows, reply_ids, fields, device):
-        """The reward of each reply (B,): the reward function on its text, or the reward model's score."""
+    def score(self, prompts, reply_ids, fields, device):
+        """The reward of each reply to its prompt (B,): the reward function on its text, or the reward model's score."""
         if not isinstance(self.scorer, torch.nn.Module):  # a reward function
             texts = [reply_text(self.tokenizer, r) for r in reply_ids]
             return torch.tensor([float(self.scorer(text, f)) for text, f in zip(texts, fields)], device=device)
-        ids, last = padded_rows(rows, self.pad)
+        ids, last = padded_rows([p + r for p, r in zip(prompts, reply_ids)], self.pad)
         return last_scores(self.scorer, ids.to(device), last.to(device))
 
     def reference_logprobs(self, batch):
@@ -188,8 +190,7 @@ class RLObjective(Objective):
         prompts = [ids for ids, _, _ in self.val_rows[:self.cfg.eval_prompts]]
         fields = [f for _, f, _ in self.val_rows[:self.cfg.eval_prompts]]
         greedy = sample_replies(model, self.tokenizer, prompts, 0.0, self.cfg.max_reply_tokens, [0] * len(prompts))
-        replies = [r if r else [self.pad] for r, _ in greedy]
-        rewards = self.score([p + r for p, r in zip(prompts, replies)], replies, fields, device)
+        rewards = self.score(prompts, [r for r, _ in greedy], fields, device)
         metrics = {"val_loss": -rewards.mean().item(), "val_reward": rewards.mean().item(),
                    "val_ended": float(np.mean([e for _, e in greedy]))}
         if self.reference is not None:
@@ -221,7 +222,7 @@ class RLObjective(Objective):
 def kl_to_reference(model, reference, tokenizer, prompts, max_tokens, device, seed=0):
     """Monte-Carlo KL(pi || ref) in nats per reply: replies sampled from pi at temperature 1, sum of log pi - log ref."""
     replies = sample_replies(model, tokenizer, prompts, 1.0, max_tokens, [seed + i for i in range(len(prompts))])
-    batch = reply_batch(prompts, [r if r else [tokenizer.eot_id] for r, _ in replies], tokenizer.eot_id).to(device)
+    batch = reply_batch(prompts, [r for r, _ in replies], tokenizer.eot_id).to(device)
     policy = unwrapped(model)
     return (token_logprobs(policy, batch, tokenizer.n_vocab) - token_logprobs(reference, batch, tokenizer.n_vocab)).sum(1).mean().item()
 
@@ -356,7 +357,7 @@ def rl_prompts(cfg, tokenizer):
     rows, bad = read_prompts(cfg.prompts)
     if bad:
         print(f"note: {len(bad)} prompt rows skipped: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-    fitted = [(pair_ids(tokenizer, Pair(r.prompt, "", "", r.where))[0], r.fields, r.prompt[-1]["content"], prompt_key(r.prompt)) for r in rows]
+    fitted = [(messages_prompt(tokenizer, r.prompt), r.fields, r.prompt[-1]["content"], prompt_key(r.prompt)) for r in rows]
     fitted = [f for f in fitted if len(f[0]) + cfg.max_reply_tokens <= cfg.block_size]
     if len(fitted) < len(rows):
         print(f"note: {len(rows) - len(fitted)} prompts left out: with --max_reply_tokens={cfg.max_reply_tokens} they do not fit --block_size={cfg.block_size}")
@@ -371,7 +372,7 @@ def ppo_objective(cfg, tokenizer, init, device, dist):
         raise UsageError("--objective=ppo optimises against a learned reward: give --reward_model=CHECKPOINT (train one with --objective=reward)")
     train, held, summary = rl_prompts(cfg, tokenizer)
     reward_model = frozen_model(cfg.reward_model, tokenizer, device, "reward model")
-    critic = frozen_model(cfg.reward_model, tokenizer, device, "reward model")  # a copy, which learns
+    critic = copy.deepcopy(reward_model)  # starts as the reward model, then learns values
     reference = frozen_model(cfg.ref_from or init["path"], tokenizer, device, "reference")
     return PPO(tokenizer, train, held, summary, cfg, reward_model, reference, critic, dist)
 

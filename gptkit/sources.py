@@ -84,16 +84,21 @@ def jsonl_records(path, text):
             raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
 
 
-def dataset_documents(name, split="train", text_field="text", streaming=False):
-    """Documents of a Hugging Face dataset (a hub name, or a local folder of data files), optionally streamed."""
+def load_dataset(name, split="train", streaming=False):
+    """A Hugging Face dataset (a hub name, or a local folder of data files); one line when it cannot be loaded."""
     try:
         import datasets
     except ImportError:
         raise UsageError("reading a Hugging Face dataset needs the `datasets` package: pip install datasets") from None
     try:
-        data = datasets.load_dataset(name, split=split, streaming=streaming)
+        return datasets.load_dataset(name, split=split, streaming=streaming)
     except Exception as e:  # the hub, the network and the builders raise many kinds
         raise UsageError(f"could not load dataset {name!r} split {split!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+def dataset_documents(name, split="train", text_field="text", streaming=False):
+    """Documents of a Hugging Face dataset (a hub name, or a local folder of data files), optionally streamed."""
+    data = load_dataset(name, split, streaming)
     columns = data.column_names
     if columns is not None and text_field not in columns:
         raise UsageError(f"dataset {name!r} has no column {text_field!r} (it has: {', '.join(columns)}); set --text_field")
