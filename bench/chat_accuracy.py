@@ -24,7 +24,7 @@ import torch
 
 from gptkit.chat_session import ChatSession, exact_reply, reply_accuracy
 from gptkit.checkpoint import build_model, load_checkpoint
-from gptkit.demo_chat import CONVERSATION_KINDS, FACTS, MAX_GAP, make_conversations
+from gptkit.demo_chat import CONVERSATION_KINDS, FACTS, MAX_GAP, make_conversations, training_conversations
 from gptkit.devices import pick_device
 from gptkit.engine import SamplingOptions
 from gptkit.errors import run_cli
@@ -95,7 +95,7 @@ def main():
     trained = ckpt.get("train_config", {})
     in_training = set()
     if trained.get("chat_data") == "demo":
-        in_training = {json.dumps(c["messages"]) for c in make_conversations(trained["demo_conversations"], trained["seed"])}
+        in_training = {json.dumps(c["messages"]) for c in training_conversations(trained["demo_conversations"], trained["seed"], tokenizer)}
     session = ChatSession(model, tokenizer, replace(SamplingOptions(), max_new_tokens=REPLY_TOKENS))
     conversations, too_long = [], {}
     for name, split in SPLITS.items():

@@ -182,45 +182,59 @@ FACTS = {
 }
 
 
-# Training also states values of random letters ("Xqorv", "bzt and ulemkaw"), in no split: copying those teaches the
-# model to copy any token, where values of the train split alone teach it their syllables (measured: 56% recall of
-# held-out values without them). None is a held-out value (free_word rejects those), so the splits stay disjoint.
-FREE_SHARE = 0.4  # of training values for the facts below
+# Training also states free values, in no split: random letters ("Xqorv", "bzt and ulemkaw") and, given the
+# tokenizer's word pieces, tokens joined ("Umberandleion"). A fine-tuned model all but never writes a token it was not
+# trained to write (every step pushes the others down), and two thirds of the demo tokenizer's letter tokens occur in
+# no value of the train split: free values make each of them a word to copy. None is a
+# held-out value (free_word rejects those), so the splits stay disjoint.
+FREE_SHARE = 0.5  # of training values for the facts below
+PIECE_SHARE = 0.75  # of free words, when the word pieces are given
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def free_word(rng):
-    """2 to 8 random letters that are no held-out value and no word of the phrasing."""
+def word_pieces(tokenizer):
+    """The tokenizer's tokens made of ASCII letters alone, lower-cased, without their leading space: what free values
+    are made of, so that each such token is in some value to copy."""
+    pieces = {tokenizer.decode([i]).strip().lower() for i in range(tokenizer.n_vocab)}
+    return tuple(sorted(p for p in pieces if p.isascii() and p.isalpha()))
+
+
+def free_word(rng, pieces=()):
+    """A word that is no held-out value and no word of the phrasing: 2 to 8 random letters or, given word pieces,
+    often one to three of them joined."""
     while True:
-        word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 8)))
-        if value_split(word) != "heldout" and word not in PHRASING_WORDS:
+        if pieces and rng.random() < PIECE_SHARE:
+            word = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
+        else:
+            word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 8)))
+        if 2 <= len(word) <= 16 and value_split(word) != "heldout" and word not in PHRASING_WORDS:
             return word
 
 
-def free_words(rng, n):
+def free_words(rng, n, pieces=()):
     words = []
     while len(words) < n:
-        if (word := free_word(rng)) not in words:
+        if (word := free_word(rng, pieces)) not in words:
             words.append(word)
     return words
 
 
 FREE_VALUES = {
-    "name": lambda rng: free_word(rng).capitalize(),
-    "city": lambda rng: free_word(rng).capitalize(),
-    "pet": lambda rng: free_word(rng).capitalize(),
-    "password": lambda rng: free_word(rng) + str(rng.randint(1, 999)),
+    "name": lambda rng, pieces: free_word(rng, pieces).capitalize(),
+    "city": lambda rng, pieces: free_word(rng, pieces).capitalize(),
+    "pet": lambda rng, pieces: free_word(rng, pieces).capitalize(),
+    "password": lambda rng, pieces: free_word(rng, pieces) + str(rng.randint(1, 999)),
     "colour": free_word,
-    "list": lambda rng: spoken_list(free_words(rng, rng.randint(2, 4))),
+    "list": lambda rng, pieces: spoken_list(free_words(rng, rng.randint(2, 4), pieces)),
 }
 
 
-def make_value(rng, fact, split):
-    """A value for `fact` from `split`'s set (or, in training, of random letters) that is no word of the fixed phrasing
+def make_value(rng, fact, split, pieces=()):
+    """A value for `fact` from `split`'s set (or, in training, a free value) that is no word of the fixed phrasing
     (a name "Name" would be in the question)."""
     while True:
         if split == "train" and fact in FREE_VALUES and rng.random() < FREE_SHARE:
-            value, allowed = FREE_VALUES[fact](rng), ("train", None)
+            value, allowed = FREE_VALUES[fact](rng, pieces), ("train", None)
         else:
             value, allowed = VALUES[fact](rng, split), (split,)
         if value_split(value) in allowed and value.lower() not in PHRASING_WORDS:
@@ -244,7 +258,7 @@ def mentions(text, value):
 
 # --- the other kinds of turn ---------------------------------------------------------------------------------------------
 
-def arithmetic_turn(rng, split=None):
+def arithmetic_turn(rng, split=None, pieces=()):
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     if rng.random() < 0.5:
         return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
@@ -252,26 +266,26 @@ def arithmetic_turn(rng, split=None):
     return f"What is {a} minus {b}?", f"{a} minus {b} is {a - b}."
 
 
-def next_day_turn(rng, split=None):
+def next_day_turn(rng, split=None, pieces=()):
     unit, names = rng.choice((("day", DAYS), ("month", MONTHS)))
     i = rng.randrange(len(names))
     return f"What {unit} comes after {names[i]}?", f"{names[(i + 1) % len(names)]} comes after {names[i]}."
 
 
-def repeat_turn(rng, split="heldout"):
-    """Common words; in training, half the time random letters instead (more practice at copying any token)."""
+def repeat_turn(rng, split="heldout", pieces=()):
+    """Common words; in training, half the time free words instead (more practice at copying any token)."""
     n = rng.randint(2, 4)
-    words = " ".join(free_words(rng, n) if split == "train" and rng.random() < 0.5 else rng.sample(WORDS, n))
+    words = " ".join(free_words(rng, n, pieces) if split == "train" and rng.random() < 0.5 else rng.sample(WORDS, n))
     return f"Repeat after me: {words}", words
 
 
 TURNS = {"arithmetic": arithmetic_turn, "next_day": next_day_turn, "repeat": repeat_turn}
 
 
-def distractor(rng, split, avoid=None):
+def distractor(rng, split, avoid=None, pieces=()):
     """A turn of a random non-recall kind that does not mention `avoid` (which would leak the answer from elsewhere)."""
     while True:
-        question, answer = TURNS[rng.choice(tuple(TURNS))](rng, split)
+        question, answer = TURNS[rng.choice(tuple(TURNS))](rng, split, pieces)
         if avoid is None or not mentions(f"{question} {answer}", avoid):
             return question, answer
 
@@ -285,33 +299,38 @@ def draw_gap(rng, split, max_gap):
     return rng.randint(0, max_gap)
 
 
-def recall_turns(rng, split, max_gap):
+def recall_turns(rng, split, max_gap, pieces=()):
     """Turns that state one to three facts, among other turns, then ask one back; and what was asked."""
     gap = draw_gap(rng, split, max_gap)
     lead = 0 if rng.random() < 0.5 else rng.randint(0, min(2, max_gap - gap))  # turns before the fact asked for
     n_facts = min(rng.choices((1, 2, 3), weights=(5, 3, 2))[0], lead + gap + 1)
     asked, *others = rng.sample(tuple(FACTS), n_facts)
-    value = make_value(rng, asked, split)
+    value = make_value(rng, asked, split, pieces)
     turns = [None] * (lead + 1 + gap)
     turns[lead] = fact_turn(asked, value)
     for fact, i in zip(others, rng.sample([i for i in range(len(turns)) if i != lead], len(others))):
         while True:  # another fact whose words do not hold the value asked for
-            turn = fact_turn(fact, make_value(rng, fact, split))
+            turn = fact_turn(fact, make_value(rng, fact, split, pieces))
             if not mentions(" ".join(turn), value):
                 turns[i] = turn
                 break
-    turns = [turn or distractor(rng, split, avoid=value) for turn in turns]
-    _, _, question, answer = FACTS[asked]
-    return turns + [(question, answer.format(value))], {"fact": asked, "value": value, "gap": gap, "facts": n_facts}
+    turns = [turn or distractor(rng, split, value, pieces) for turn in turns]
+    return turns + [question_turn(asked, value)], {"fact": asked, "value": value, "gap": gap, "facts": n_facts}
 
 
-def other_turns(rng, kind, split):
+def question_turn(fact, value):
+    """The user asking for the fact and the assistant answering with its value."""
+    _, _, question, answer = FACTS[fact]
+    return question, answer.format(value)
+
+
+def other_turns(rng, kind, split, pieces=()):
     """0-2 earlier turns of any non-recall kind, sometimes (always when held out) a fact stated among them, then the checked turn."""
-    turns = [distractor(rng, split) for _ in range(rng.randint(0, 2))]
+    turns = [distractor(rng, split, pieces=pieces) for _ in range(rng.randint(0, 2))]
     if split == "heldout" or rng.random() < 0.3:
         fact = rng.choice(tuple(FACTS))
-        turns.insert(rng.randint(0, len(turns)), fact_turn(fact, make_value(rng, fact, split)))
-    return turns + [TURNS[kind](rng, split)]
+        turns.insert(rng.randint(0, len(turns)), fact_turn(fact, make_value(rng, fact, split, pieces)))
+    return turns + [TURNS[kind](rng, split, pieces)]
 
 
 def check_split(split):
@@ -319,8 +338,9 @@ def check_split(split):
         raise UsageError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
 
 
-def make_conversation(rng, kind, split="train", max_gap=MAX_GAP):
-    """One conversation of `kind` with fact values from `split`, drawn from `rng` (a random.Random)."""
+def make_conversation(rng, kind, split="train", max_gap=MAX_GAP, pieces=()):
+    """One conversation of `kind` with fact values from `split`, drawn from `rng` (a random.Random); training's free
+    values are also made of `pieces` (word_pieces of a tokenizer) when given."""
     if kind not in CONVERSATION_KINDS:
         raise UsageError(f"unknown conversation kind {kind!r}; the kinds are {', '.join(CONVERSATION_KINDS)}")
     check_split(split)
@@ -328,19 +348,20 @@ def make_conversation(rng, kind, split="train", max_gap=MAX_GAP):
     if rng.random() < 1 / 3:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     if kind == "recall":
-        turns, extra["recall"] = recall_turns(rng, split, max_gap)
+        turns, extra["recall"] = recall_turns(rng, split, max_gap, pieces)
     else:
-        turns = other_turns(rng, kind, split)
+        turns = other_turns(rng, kind, split, pieces)
     for question, answer in turns:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return {"kind": kind, "messages": messages, **extra}
 
 
-def make_conversations(n, seed, kinds=CONVERSATION_KINDS, split="train", max_gap=MAX_GAP):
+def make_conversations(n, seed, kinds=CONVERSATION_KINDS, split="train", max_gap=MAX_GAP, pieces=()):
     """n conversations, the same for the same seed, cycling through `kinds` so each gets an even share.
 
     A kind listed twice gets twice the share. `split` is "train" (the values the demo fine-tunes on) or "heldout"
     (values from the disjoint held-out sets, recall gaps even up to `max_gap`): no held-out conversation is a training one.
+    `pieces` (word_pieces of a tokenizer) also make training's free values.
     """
     kinds = tuple(kinds)
     if not kinds:
@@ -352,7 +373,13 @@ def make_conversations(n, seed, kinds=CONVERSATION_KINDS, split="train", max_gap
     if max_gap < 0:
         raise UsageError(f"max_gap must be 0 or more, not {max_gap}")
     rng = random.Random(seed)
-    return [make_conversation(rng, kinds[i % len(kinds)], split, max_gap) for i in range(n)]
+    return [make_conversation(rng, kinds[i % len(kinds)], split, max_gap, pieces) for i in range(n)]
+
+
+def training_conversations(n, seed, tokenizer):
+    """The conversations `--chat_data=demo` fine-tunes `tokenizer`'s model on (train split), the same for the same n,
+    seed and tokenizer: every letter token of its vocabulary is in some free value."""
+    return make_conversations(n, seed, pieces=word_pieces(tokenizer))
 
 
 def split_prompt_answer(conversation):

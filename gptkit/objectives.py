@@ -125,8 +125,8 @@ def chat_objective(cfg, tokenizer):
     if cfg.chat_dataset:
         conversations, source = dataset_conversations(cfg.chat_dataset, cfg.chat_split), f"dataset {cfg.chat_dataset}"
     elif cfg.chat_data == "demo":
-        from gptkit.demo_chat import make_conversations
-        conversations, source = make_conversations(cfg.demo_conversations, cfg.seed), "synthetic demo conversations"
+        from gptkit.demo_chat import training_conversations
+        conversations, source = training_conversations(cfg.demo_conversations, cfg.seed, tokenizer), "synthetic demo conversations"
     else:
         conversations, source = read_conversations(cfg.chat_data), cfg.chat_data
     n_held_out = max(1, round(cfg.val_fraction * len(conversations)))

@@ -254,6 +254,29 @@ def test_no_held_out_value_is_stated_in_any_training_conversation():
         assert len(lengths[0] & lengths[1]) >= 5
 
 
+class PieceTokenizer:
+    """A stand-in with the two things word_pieces reads: n_vocab and decode."""
+    VOCAB = ["<|bos|>", " The", "the", "umber", " Set", "andle", "123", " x", " é", ",", "teal", " Zebulon", "ion", " ing", "Ab"]
+    n_vocab = len(VOCAB)
+
+    def decode(self, ids):
+        return "".join(self.VOCAB[i] for i in ids)
+
+
+def test_training_values_are_also_made_of_the_tokenizers_word_pieces_and_stay_disjoint():
+    pieces = demo_chat.word_pieces(PieceTokenizer())  # letters alone, without the space, lower-cased, once each
+    assert pieces == ("ab", "andle", "ing", "ion", "set", "teal", "the", "umber", "x", "zebulon")
+    train = demo_chat.training_conversations(3000, seed=11, tokenizer=PieceTokenizer())
+    assert train == demo_chat.training_conversations(3000, seed=11, tokenizer=PieceTokenizer())
+    said = " ".join(m["content"] for c in train for m in c["messages"])
+    for piece in ("set", "the", "ing", "umber", "andle", "ion"):  # each becomes part of words to copy
+        assert len(re.findall(rf"(?i){piece}[a-z]", said)) > 50, piece
+    values = stated_values(train)
+    assert all(value_split(v) in ("train", None) for v in values)
+    assert "teal" not in values and "zebulon" not in values  # a piece that is a held-out value alone is never stated
+    assert any("teal" in v for v in values) and any(v.startswith("zebulon") for v in values)  # inside another word it may be
+
+
 def test_the_held_out_split_never_shares_a_conversation_with_training():
     train = make_conversations(6000, seed=9)
     heldout = make_conversations(3000, seed=9, split="heldout")
