@@ -81,26 +81,27 @@ def test_fsdp_checkpoint_samples_in_one_process_and_continues_at_another_world_s
 
 
 def test_a_stopped_two_process_run_resumes_exactly(tmp_path, data_dir):
+    STEPS = 100  # enough that SIGTERM, sent once the first checkpoint is there, lands mid-run
     straight = tmp_path / "straight"
-    code, _, stderr = finish(torchrun(tiny_args(data_dir, straight, max_iters=300, eval_interval=5, eval_tokens=256)))
+    code, _, stderr = finish(torchrun(tiny_args(data_dir, straight, max_iters=STEPS, eval_interval=5, eval_tokens=256)))
     assert code == 0, stderr[-2000:]
 
     stopped = tmp_path / "stopped"
-    proc = torchrun(tiny_args(data_dir, stopped, max_iters=300, eval_interval=5, eval_tokens=256))
+    proc = torchrun(tiny_args(data_dir, stopped, max_iters=STEPS, eval_interval=5, eval_tokens=256))
     wait_for(lambda: (stopped / LAST).exists())
     proc.send_signal(signal.SIGTERM)  # to torchrun, as a scheduler would: it passes SIGTERM to every rank
     code, _, stderr = finish(proc)
     assert code != 0
     assert stderr.count("stopped by SIGTERM") == 1, stderr[-2000:]  # all ranks stopped together; rank 0 said so
     saved = load_checkpoint(stopped / LAST)["step"]
-    assert 5 <= saved < 300
+    assert 5 <= saved < STEPS
 
-    code, stdout, stderr = finish(torchrun(tiny_args(data_dir, stopped, max_iters=300, eval_interval=5, eval_tokens=256)))
+    code, stdout, stderr = finish(torchrun(tiny_args(data_dir, stopped, max_iters=STEPS, eval_interval=5, eval_tokens=256)))
     assert code == 0, stderr[-2000:]
     assert f"resuming from {stopped / LAST} at step {saved}" in stdout
     expected, got = step_losses(straight), step_losses(stopped)
-    assert sorted(got) == sorted(expected) == list(range(1, 301))
-    assert [got[i] for i in range(1, 301)] == [expected[i] for i in range(1, 301)]  # exactly, step for step
+    assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
+    assert [got[i] for i in range(1, STEPS + 1)] == [expected[i] for i in range(1, STEPS + 1)]  # exactly, step for step
     assert_same_weights(load_checkpoint(stopped / LAST)["model"], load_checkpoint(straight / LAST)["model"], atol=0)
 
 
