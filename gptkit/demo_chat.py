@@ -183,10 +183,10 @@ FACTS = {
 
 
 # Training also states free values, in no split: random letters ("Xqorv", "bzt and ulemkaw") and, given the
-# tokenizer's word pieces, tokens joined ("Umberandleion"). A fine-tuned model all but never writes a token it was not
-# trained to write (every step pushes the others down), and two thirds of the demo tokenizer's letter tokens occur in
-# no value of the train split: free values make each of them a word to copy. None is a
-# held-out value (free_word rejects those), so the splits stay disjoint.
+# tokenizer's word pieces, tokens joined ("Umberandleion"). A fine-tuned model all but never writes a token no
+# training reply holds (every step pushes the others down): with random letters alone, 248 of the 10,789 tokens of
+# 2,000 held-out values were in no reply of the demo's training set, with the word pieces 1 (docs/chat.md). None is
+# a held-out value (free_word rejects those), so the splits stay disjoint.
 FREE_SHARE = 0.5  # of training values for the facts below
 PIECE_SHARE = 0.75  # of free words, when the word pieces are given
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -315,13 +315,8 @@ def recall_turns(rng, split, max_gap, pieces=()):
                 turns[i] = turn
                 break
     turns = [turn or distractor(rng, split, value, pieces) for turn in turns]
-    return turns + [question_turn(asked, value)], {"fact": asked, "value": value, "gap": gap, "facts": n_facts}
-
-
-def question_turn(fact, value):
-    """The user asking for the fact and the assistant answering with its value."""
-    _, _, question, answer = FACTS[fact]
-    return question, answer.format(value)
+    _, _, question, answer = FACTS[asked]
+    return turns + [(question, answer.format(value))], {"fact": asked, "value": value, "gap": gap, "facts": n_facts}
 
 
 def other_turns(rng, kind, split, pieces=()):
