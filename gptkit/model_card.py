@@ -118,7 +118,7 @@ def data_source(tc):
     elif tc.get("chat_dataset"):
         source = f"conversations of the Hugging Face dataset {tc['chat_dataset']} ({tc.get('chat_split', 'train')} split)"
     elif tc.get("chat_data") == "demo":
-        source = f"{tc.get('demo_conversations', 0):,} synthetic conversations (data/synthetic_chat.py)"
+        source = f"{tc.get('demo_conversations', 0):,} synthetic conversations (gptkit/demo_chat.py)"
     elif tc.get("chat_data"):
         source = f"conversations from {tc['chat_data']}"
     elif tc.get("data_dir"):

@@ -24,7 +24,8 @@ class TrainConfig:
     # fine-tuning
     init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt), a Hugging Face GPT-2 folder, "
                                 "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl): its model, weights and tokenizer")
-    chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` (data/synthetic_chat.py)")
+    chat_data: str = option("", "fine-tune on conversations: a .jsonl file with one {\"messages\": [...]} per line, or `demo` "
+                                "(gptkit/demo_chat.py's synthetic ones)")
     chat_dataset: str = option("", "fine-tune on a Hugging Face dataset with a `messages` column")
     chat_split: str = option("train", "the split of --chat_dataset")
     demo_conversations: int = option(20000, "conversations generated for --chat_data=demo", bounds="[2, 100000000]")
