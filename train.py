@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -147,6 +148,15 @@ def resume(path, cfg, config, model, optimizers, objective, state, dist=Distribu
 
 # -- the loop ---------------------------------------------------------------------------------------------------------
 
+GAP_STEPS = 20  # enough steps to average out one batch's luck, few enough that the model barely changed over them
+
+
+def gap_line(train_loss, steps, val_loss, units):
+    """How far validation sits above training at the end: a large gap is overfitting; validation well below
+    training, a held-out text unlike the rest (easier)."""
+    return f"train {train_loss:.4f} (mean of the last {steps} steps) / val {val_loss:.4f} {units}: gap {val_loss - train_loss:+.4f}"
+
+
 def loop(cfg, run, dist, device, autocast):
     """Evaluate and save every eval_interval steps; step; log every log_interval steps; stop cleanly when signalled."""
     state, out_dir = run.state, Path(cfg.out_dir)
@@ -156,6 +166,7 @@ def loop(cfg, run, dist, device, autocast):
     start_step = state.step
     throughput = Throughput(state.step)
     bad_in_a_row = 0
+    recent_losses = deque(maxlen=GAP_STEPS)  # the training loss the end compares with validation
     with StopSignals() as stop:
         while True:
             # 1. evaluate, and save what improved
@@ -183,6 +194,7 @@ def loop(cfg, run, dist, device, autocast):
             throughput.add(step_tokens)
             if why is None:
                 bad_in_a_row = 0
+                recent_losses.append(loss)
             else:
                 state.skipped_steps += 1
                 bad_in_a_row += 1
@@ -216,6 +228,8 @@ def loop(cfg, run, dist, device, autocast):
                 raise TrainingStopped(stop.requested or "SIGTERM", state.step)
     log.close()
     dist.barrier()  # rank 0's last checkpoint is written before any rank leaves
+    if run.objective.loss_units and recent_losses:
+        print(gap_line(sum(recent_losses) / len(recent_losses), len(recent_losses), metrics["val_loss"], run.objective.loss_units))
     print(f"done in {format_seconds(time.time() - started)}; best val loss {state.best_val_loss:.4f}; checkpoints in {out_dir}/")
 
 

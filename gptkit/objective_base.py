@@ -8,6 +8,7 @@ class Objective:
     name = "objective"
     chat_tuned = False  # the checkpoint it writes is fine-tuned for chat
     score_head = False  # the model it trains has a score head (a reward model)
+    loss_units = None  # set when the training loss and val_loss measure the same thing: train.py then prints their gap
 
     def step_metrics(self):
         """Figures to log with the training loss at this step (means since the last call)."""

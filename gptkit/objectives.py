@@ -38,6 +38,7 @@ class NextToken(Objective):
     """Predict every next token of random windows of a prepared corpus."""
 
     name = "next_token"
+    loss_units = "nats per token"  # the training loss and val_loss alike (ChatSFT's: over the assistant's tokens)
 
     def __init__(self, tokenizer, train_batches, val_batches, summary):
         self.tokenizer, self.train_batches, self.val_batches, self.summary = tokenizer, train_batches, val_batches, summary

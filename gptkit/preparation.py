@@ -31,10 +31,19 @@ class PrepareConfig:
     tokenizer: str = option("bpe", "bpe: trained on this corpus with rustbpe; bytes: 256 byte ids; gpt2: tiktoken's GPT-2", TOKENIZER_KINDS)
     vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer, special tokens included", bounds="[1, 16777216]")
     tokenizer_train_bytes: int = option(500_000_000, "train the bpe tokenizer on at most this many bytes of training text", bounds=">0")
-    val_fraction: float = option(0.01, "fraction of documents held out for validation (the tail of the text when there are few)", bounds="[0, 1)")
+    val_fraction: float = option(0.01, "share of documents held out for validation, picked by a hash of each one's path (or record index); raised "
+                                 "to expect 32 documents (at most 10%) when the files can be counted; the last one's tail when they are few",
+                                 bounds="[0, 1)")
     val_file: str = option("", "a file held out as the validation text instead of --val_fraction")
     shard_tokens: int = option(100_000_000, "tokens per shard file", bounds="[1, 4294967296]")
     workers: int = option(0, "tokenizer threads (0: one per CPU core)", bounds="[0, 1024]")
+
+
+# What preparing a source gives (the built-in corpus's files, how validation is chosen): part of the default folder's
+# hash, so a folder prepared the old way is not reused. 2: generated tables out, validation by hash of each document's key.
+PREPARATION_VERSION = 2
+MIN_VAL_DOCUMENTS = 32  # held-out documents to expect when their count is known: fewer measure the loss too coarsely
+MAX_RAISED_FRACTION = 0.1  # ...but reaching that many never raises the held-out share above this
 
 
 def default_data_dir(cfg):
@@ -45,62 +54,93 @@ def default_data_dir(cfg):
         name, spec = Path(cfg.inputs[0].rstrip("/")).stem or "corpus", "|".join(str(Path(i).resolve()) for i in cfg.inputs)
     else:
         name, spec = "stdlib", f"python{sys.version_info.major}.{sys.version_info.minor}"
-    spec += f"|{cfg.val_fraction}|{cfg.val_file}|{cfg.max_documents}"
+    spec += f"|{cfg.val_fraction}|{cfg.val_file}|{cfg.max_documents}|v{PREPARATION_VERSION}"
     tokenizer = f"bpe{cfg.vocab_size}" if cfg.tokenizer == "bpe" else cfg.tokenizer
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return Path(os.environ.get(PREPARED_ROOT_ENV, "prepared")) / f"{safe}-{hashlib.sha1(spec.encode()).hexdigest()[:6]}-{tokenizer}"
 
 
 def corpus_documents(cfg):
-    """(documents iterator, total bytes or None, a description) for the configured source."""
+    """((key, text) iterator, total bytes or None, number of documents or None when not known up front, a description).
+
+    A key is the same on every machine: a file's path under the input given (KEY:LINE for a .jsonl record), or a
+    dataset record's index.
+    """
     if cfg.dataset:
-        docs = dataset_documents(cfg.dataset, cfg.split, cfg.text_field, cfg.streaming)
-        total, what = None, f"dataset {cfg.dataset} ({cfg.split})"
+        texts = dataset_documents(cfg.dataset, cfg.split, cfg.text_field, cfg.streaming)
+        docs = ((str(index), text) for index, text in enumerate(texts))
+        total, count, what = None, None, f"dataset {cfg.dataset} ({cfg.split})"
     else:
         files = expand_inputs(cfg.inputs) if cfg.inputs else builtin_corpus_files()
-        docs = (doc for path in files for doc in file_documents(path, cfg.text_field))
-        total = sum(p.stat().st_size for p in files)
+        docs = (doc for f in files for doc in file_documents(f.path, cfg.text_field, f.key))
+        total = sum(f.path.stat().st_size for f in files)
+        count = None if any(f.path.suffix == ".jsonl" for f in files) else len(files)  # a .jsonl file holds any number
         what = f"{len(files)} file{'s' * (len(files) != 1)}" if cfg.inputs else f"the built-in corpus ({len(files)} files of Python's standard library)"
     if cfg.max_documents:
         docs = itertools.islice(docs, cfg.max_documents)
-    return docs, total, what
+        count = None if count is None else min(count, cfg.max_documents)
+    return docs, total, count, what
 
 
-def split_documents(docs, val_fraction):
-    """Yield (split, text): every k-th document is validation, k = 1/val_fraction.
+def held_out_fraction(val_fraction, count):
+    """(share of documents to hold out, a line saying why when it is not val_fraction).
 
-    A corpus of fewer than k documents (one big file, say) instead holds out the tail of its last
-    document, cut at a line break, sized to val_fraction of all the text.
+    With the number of documents known, val_fraction is raised until MIN_VAL_DOCUMENTS are expected (at most to
+    MAX_RAISED_FRACTION); 0 when even that expects less than one (a few big files): their last one's tail is held out.
     """
-    every = max(2, round(1 / val_fraction)) if val_fraction > 0 else 0
-    seen_val, total_chars, previous = False, 0, None
-    for index, doc in enumerate(docs):
+    if count is None:
+        return val_fraction, None
+    fraction = max(val_fraction, min(MAX_RAISED_FRACTION, MIN_VAL_DOCUMENTS / max(1, count)))
+    if fraction * count < 1:
+        return 0.0, None
+    if fraction == val_fraction:
+        return fraction, None
+    return fraction, (f"holding out {fraction:.1%} of the {count:,} documents for validation (--val_fraction={val_fraction:g} "
+                      f"would expect {val_fraction * count:.1f} of them, too few to measure)")
+
+
+def is_held_out(key, fraction):
+    """Whether the document keyed `key` is validation: its key's SHA-1 read as a number in [0, 1), below `fraction`.
+    The same on every machine and in any order, and a larger fraction holds out the same documents and more."""
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()  # surrogateescape: a file name that is not UTF-8
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def split_documents(docs, fraction, tail_fraction):
+    """Yield (split, text) for (key, text) documents: validation when is_held_out(key, fraction), else training.
+
+    When that leaves a split empty (one big file, a fraction of 0), the last document is cut instead, at a line break:
+    its head is training text and its tail, sized tail_fraction of all the text, validation.
+    """
+    counts = {"train": 0, "val": 0}
+    total_chars, previous = 0, None
+    for key, doc in docs:
         if previous is not None:
             yield previous
         total_chars += len(doc)
-        if every and (index + 1) % every == 0:
-            seen_val = True
-            previous = ("val", doc)
-        else:
-            previous = ("train", doc)
+        split = "val" if is_held_out(key, fraction) else "train"
+        counts[split] += 1
+        previous = (split, doc)
     if previous is None:
         return
-    split, doc = previous
-    if every and not seen_val:
-        cut = doc.rfind("\n", 0, max(1, len(doc) - int(total_chars * val_fraction)))
-        cut = cut + 1 if cut > 0 else len(doc) // 2  # no line break: cut in the middle
-        yield "train", doc[:cut]
-        yield "val", doc[cut:]
-    else:
-        yield split, doc
+    if counts["train"] and counts["val"]:
+        yield previous
+        return
+    doc = previous[1]
+    cut = doc.rfind("\n", 0, max(1, len(doc) - int(total_chars * tail_fraction)))
+    cut = cut + 1 if cut > 0 else len(doc) // 2  # no line break: cut in the middle
+    yield "train", doc[:cut]
+    yield "val", doc[cut:]
 
 
 def labelled_documents(cfg):
-    docs, total, what = corpus_documents(cfg)
+    """((split, text) iterator, total bytes or None, a description, a line about the held-out share or None)."""
+    docs, total, count, what = corpus_documents(cfg)
     if cfg.val_file:
-        val = (("val", d) for d in file_documents(require_file(cfg.val_file, "--val_file"), cfg.text_field))
-        return itertools.chain((("train", d) for d in docs), val), total, what
-    return split_documents(docs, cfg.val_fraction), total, what
+        val = (("val", d) for _, d in file_documents(require_file(cfg.val_file, "--val_file"), cfg.text_field))
+        return itertools.chain((("train", d) for _, d in docs), val), total, what, None
+    fraction, note = held_out_fraction(cfg.val_fraction, count)
+    return split_documents(docs, fraction, cfg.val_fraction), total, what, note
 
 
 def build_tokenizer(cfg):
@@ -109,7 +149,7 @@ def build_tokenizer(cfg):
     if cfg.tokenizer == "gpt2":
         return gpt2_tokenizer()
     print(f"training a {cfg.vocab_size}-token BPE tokenizer with rustbpe ...", flush=True)
-    labelled, _, _ = labelled_documents(cfg)
+    labelled, _, _, _ = labelled_documents(cfg)
     train_texts = (text for split, text in labelled if split == "train")
     budget = _cap_bytes(train_texts, cfg.tokenizer_train_bytes)
     started = time.time()
@@ -136,11 +176,13 @@ def prepare(cfg):
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
     (out / META_FILE).unlink(missing_ok=True)  # the folder is incomplete until the new meta.json lands
+    labelled, total, what, note = labelled_documents(cfg)
+    if note:
+        print(note, flush=True)
     tokenizer = build_tokenizer(cfg)
     dtype = token_dtype(tokenizer.n_vocab)
     writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     counts = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in writers}
-    labelled, total, what = labelled_documents(cfg)
     print(f"tokenizing {what} with the {tokenizer.kind} tokenizer ({tokenizer.n_vocab} ids) into {out}", flush=True)
     workers = cfg.workers or os.cpu_count() or 1
     with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=None) as bar:

@@ -20,7 +20,9 @@ class TrainConfig:
     text_field: str = option("text", "the text field of .jsonl files and datasets")
     tokenizer: str = option("bpe", "tokenizer used when preparing data", TOKENIZER_KINDS)
     vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer", bounds="[1, 16777216]")
-    val_fraction: float = option(0.01, "fraction of the data held out for validation when preparing", bounds="[0, 1)")
+    val_fraction: float = option(0.01, "share held out for validation: of the documents when preparing (by a hash of each one's path; raised "
+                                 "to expect 32 when the files can be counted: data/prepare.py --help), of the conversations or prompts "
+                                 "when fine-tuning", bounds="[0, 1)")
     # fine-tuning
     init_from: str = option("", "start from this checkpoint (file, or folder with best.pt/last.pt), a Hugging Face GPT-2 folder, "
                                 "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl): its model, weights and tokenizer")

@@ -66,6 +66,7 @@ def test_prepare_train_sample_pipeline(tmp_path, corpus_file):
                          "--warmup_iters=5", "--lr=0.01", "--sample_tokens=20", "--sample_prompt=the ", "--device=cpu", "--threads=1")
     assert trained.returncode == 0, trained.stderr
     assert "step 30: val loss" in trained.stdout
+    assert "nats per token: gap " in trained.stdout  # the end's train/validation gap
     assert "muon" in trained.stdout  # config/default.py applied underneath the overrides
     ckpt = load_checkpoint(out / LAST)
     assert ckpt["step"] == 30

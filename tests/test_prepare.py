@@ -60,7 +60,9 @@ def docs_folder(tmp_path):
 
 
 def test_folder_of_text_files_is_split_into_documents(tmp_path, docs_folder):
-    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.5)  # every 2nd document is validation
+    # Held out: a document whose key (its path under the folder) hashes below the fraction. On every machine:
+    # a.txt 0.81, b.md 0.73, c.py 0.86, sub/d.txt 0.52.
+    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.75)
     assert tokens(tmp_path / "out", "train") == as_bytes_ids("alpha text\n", "print('gamma 🙂')\n")
     assert tokens(tmp_path / "out", "val") == as_bytes_ids("# beta 你好\n", "delta\n")
     assert meta["splits"]["train"]["documents"] == 2
@@ -69,7 +71,7 @@ def test_folder_of_text_files_is_split_into_documents(tmp_path, docs_folder):
 
 def test_glob_selects_matching_files_only(tmp_path, docs_folder):
     (docs_folder / "e.md").write_text("epsilon\n", encoding="utf-8")
-    run_prepare(tmp_path / "out", docs_folder / "*.md", val_fraction=0.5)
+    run_prepare(tmp_path / "out", docs_folder / "*.md", val_fraction=0.7)  # keys b.md 0.73, e.md 0.64
     assert tokens(tmp_path / "out", "train") == as_bytes_ids("# beta 你好\n")
     assert tokens(tmp_path / "out", "val") == as_bytes_ids("epsilon\n")
 
@@ -79,16 +81,17 @@ def test_jsonl_gives_one_document_per_line(tmp_path):
     path = tmp_path / "data.jsonl"
     lines = [json.dumps(r, ensure_ascii=False) for r in records[:2]] + [""] + [json.dumps(r) for r in records[2:]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    run_prepare(tmp_path / "out", path, val_fraction=0.5)
-    assert tokens(tmp_path / "out", "train") == as_bytes_ids("record 0 ünïcode", "record 2 ünïcode")
-    assert tokens(tmp_path / "out", "val") == as_bytes_ids("record 1 ünïcode", "record 3 ünïcode")
+    run_prepare(tmp_path / "out", path, val_fraction=0.5)  # keys data.jsonl:LINE: line 1 0.33, 2 0.61, 4 0.74, 5 0.75
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("record 1 ünïcode", "record 2 ünïcode", "record 3 ünïcode")
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("record 0 ünïcode")
 
 
 def test_jsonl_with_another_text_field(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps({"body": f"doc {i}"}) for i in range(4)) + "\n", encoding="utf-8")
-    run_prepare(tmp_path / "out", path, val_fraction=0.5, text_field="body")
-    assert tokens(tmp_path / "out", "train") == as_bytes_ids("doc 0", "doc 2")
+    run_prepare(tmp_path / "out", path, val_fraction=0.5, text_field="body")  # line 1 hashes to 0.33, the others above 0.5
+    assert tokens(tmp_path / "out", "train") == as_bytes_ids("doc 1", "doc 2", "doc 3")
+    assert tokens(tmp_path / "out", "val") == as_bytes_ids("doc 0")
 
 
 def test_jsonl_missing_the_text_field_names_the_option(tmp_path):
@@ -164,7 +167,7 @@ def test_zero_val_fraction_without_val_file_is_a_usage_error(tmp_path, corpus_fi
 
 
 def test_max_documents_stops_early(tmp_path, docs_folder):
-    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.5, max_documents=2)
+    meta = run_prepare(tmp_path / "out", docs_folder, val_fraction=0.75, max_documents=2)  # a.txt for training, b.md held out
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 2
 
 
@@ -217,8 +220,9 @@ def test_local_hugging_face_dataset_offline(tmp_path):
     out = tmp_path / "out"
     cfg = PrepareConfig(dataset=str(folder), out_dir=str(out), tokenizer="bytes", val_fraction=0.5)
     prepare(cfg)
-    assert tokens(out, "train") == as_bytes_ids(*(r["text"] for r in rows[0::2]))
-    assert tokens(out, "val") == as_bytes_ids(*(r["text"] for r in rows[1::2]))
+    # a record's key is its index: 0 0.71, 1 0.21, 2 0.85, 3 0.47, 4 0.11, 5 0.67
+    assert tokens(out, "train") == as_bytes_ids(*(rows[i]["text"] for i in (0, 2, 5)))
+    assert tokens(out, "val") == as_bytes_ids(*(rows[i]["text"] for i in (1, 3, 4)))
     assert "dataset" in read_meta(out)["source"]
 
     cfg = PrepareConfig(dataset=str(folder), out_dir=str(tmp_path / "out2"), tokenizer="bytes", val_fraction=0.5, text_field="content")

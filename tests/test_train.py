@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -73,6 +74,19 @@ def test_shakespeare_bpe_run_lowers_bits_per_byte(tmp_path, shakespeare_text):
     evals, _ = metrics(out)
     assert evals[-1]["val_bpb"] < 0.75 * evals[0]["val_bpb"], evals
     assert load_checkpoint(out)["model_config"]["vocab_size"] == 512
+
+
+def test_the_end_prints_the_gap_between_training_and_validation_loss(tmp_path, data_dir, capsys):
+    out = tmp_path / "out"
+    train(tiny_run(out, data_dir, max_iters=6, eval_interval=6, log_interval=1))
+    printed = capsys.readouterr().out
+    found = re.search(r"^train (\d+\.\d+) \(mean of the last 6 steps\) / val (\d+\.\d+) nats per token: gap ([+-]\d+\.\d+)$", printed, re.M)
+    assert found, printed
+    train_loss, val_loss, gap = map(float, found.groups())
+    evals, steps = metrics(out)
+    assert val_loss == pytest.approx(evals[-1]["val_loss"], abs=1e-4)  # the final evaluation
+    assert train_loss == pytest.approx(sum(r["loss"] for r in steps) / len(steps), abs=1e-4)  # every step was logged
+    assert gap == pytest.approx(val_loss - train_loss, abs=2e-4)
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, data_dir):
