@@ -8,14 +8,18 @@ A gpt2-preset model (GPT-2 small by default) with random weights, seeded: speed 
 - transformers, when installed: GPT2LMHeadModel with the same weights through model.generate, in each of --hf_dtypes,
   the same figures; whether it picks the same greedy tokens as ours at the same precision; the speed ratios ours /
   transformers at the same precision, and of each side's fastest.
+- llama.cpp, when llama-cpp-python is installed: the same weights exported to GGUF in each of --llamacpp_types, the same
+  prompts as token ids, greedy through Llama.generate with as many threads as ours; the same figures.
 - Chat: a ChatSession in --chat_dtype with a --chat_context context fed --chat_turns user turns of --turn_tokens
   tokens (bytes tokenizer), short greedy replies: time to first token at the first and the last turn, whose history
   the KV cache already holds, against the last turn's with the whole history prefilled afresh.
-Each figure is the median of --repeats runs (distinct random prompts) after a warm-up run.
+Each figure is the median of --repeats runs (distinct random prompts) after a warm-up run. The last line compares each
+side's fastest decode: `decode_vs_llamacpp: ours=... llamacpp=... ratio=... ours_dtype=... llamacpp_type=...`.
 """
 import copy
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,11 +30,13 @@ from gptkit.chat_timing import chat_conversation
 from gptkit.devices import pick_device
 from gptkit.engine import Engine, SamplingOptions, Timer
 from gptkit.errors import UsageError, first_line, run_cli
+from gptkit.gguf_export import GGUF_TYPES
 from gptkit.hf import MASK_BUFFER, hf_config, to_hf_state
+from gptkit.llamacpp_timing import INSTALL_HINT, load, time_llamacpp
 from gptkit.machine import describe_machine, reproduce_command, sync
 from gptkit.model import GPT, GPT2_SIZES, GPTConfig
 from gptkit.options import check_rules, option, parse_options
-from gptkit.precision import DTYPES, for_generation, resolve_dtype
+from gptkit.precision import DTYPES, for_generation, linear_shapes, resolve_dtype
 from gptkit.tokenizer import byte_tokenizer
 
 GPT2_CONTEXT = 1024
@@ -48,13 +54,15 @@ class BenchConfig:
     new_tokens: int = option(128, "greedy tokens generated after the prompt")
     compile: bool = option(False, "also measure our decoding with the one-token decode step compiled (torch.compile)")
     transformers: bool = option(True, "also measure transformers' GPT2LMHeadModel on the same weights, when it is installed")
+    llamacpp: bool = option(True, "also measure llama.cpp (llama-cpp-python) on a GGUF of the same weights, when it is installed")
+    llamacpp_types: list[str] = option(["f32", "f16", "bf16"], "llama.cpp's GGUF types (q8_0: 8-bit weights and activations)", GGUF_TYPES)
     chat_turns: int = option(10, "user turns of the chat measurement (0: skip it)")
     turn_tokens: int = option(150, "tokens per user turn of the chat measurement")
     reply_tokens: int = option(8, "tokens per reply of the chat measurement")
     chat_context: int = option(2048, "context length of the chat measurement's model")
     repeats: int = option(3, "runs of each measurement; the median is reported")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtypes: list[str] = option(["float32", "auto"], "our precisions (auto: what sample.py and chat.py use here)", DTYPES)
+    dtypes: list[str] = option(["float32", "mixed", "int8", "auto"], "our precisions (auto: what sample.py and chat.py use here)", DTYPES)
     hf_dtypes: list[str] = option(["float32", "bfloat16"], "transformers' precisions", HF_DTYPES)
     chat_dtype: str = option("auto", "our precision in the chat measurement", DTYPES)
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
@@ -231,6 +239,39 @@ def measure_transformers(model, name, cfg, prompts, device):
     return results
 
 
+def measure_llamacpp(model, gguf_type, cfg, prompts, folder):
+    """llama.cpp's figures on a GGUF of our weights in `gguf_type`: {label: (ttft, rate, tokens)}."""
+    import llama_cpp
+
+    llm = load(llama_cpp, model, gguf_type, folder, cfg.prompt_tokens + cfg.new_tokens + 1)
+    label = f"llama.cpp, {gguf_type}"
+    _, warmup, *prompts = prompts
+    results = {label: measure(lambda p, n: time_llamacpp(llm, p, n), warmup, prompts, cfg.new_tokens)}
+    llm.close()
+    print(f"{label + ':':<28} {figures_line(*results[label][:2])} (llama-cpp-python {llama_cpp.__version__}, Llama.generate)", flush=True)
+    return results
+
+
+def llamacpp_installed():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode_vs_llamacpp(results):
+    """The last line: each side's fastest decode, and ours / theirs."""
+    ours = {k.removeprefix("ours, "): v[1] for k, v in results.items() if k.startswith("ours")}
+    theirs = {k.removeprefix("llama.cpp, "): v[1] for k, v in results.items() if k.startswith("llama.cpp")}
+    best = max(ours, key=ours.get)
+    if not theirs:
+        return f"decode_vs_llamacpp: ours={ours[best]:.1f} llamacpp=none ours_dtype={best.replace(', ', '_')} (llama.cpp not measured)"
+    their_best = max(theirs, key=theirs.get)
+    return (f"decode_vs_llamacpp: ours={ours[best]:.1f} llamacpp={theirs[their_best]:.1f} ratio={ours[best] / theirs[their_best]:.2f} "
+            f"ours_dtype={best.replace(', ', '_')} llamacpp_type={their_best}")
+
+
 def agreement(a, b):
     """Whether two runs' greedy tokens are identical, or where they first differ."""
     diffs = [first_difference(x, y) for x, y in zip(a, b)]
@@ -240,7 +281,8 @@ def agreement(a, b):
 
 
 def compare(results):
-    """Same-precision ratios ours / transformers, the fastest of each side, and how our precisions' tokens agree."""
+    """Same-precision ratios ours / transformers, how our precisions' and llama.cpp's tokens agree with our float32, and
+    the fastest of each side against each peer."""
     ours = {k: v for k, v in results.items() if k.startswith("ours")}
     theirs = {k: v for k, v in results.items() if k.startswith("transformers")}
     reference = results.get("ours, float32")
@@ -251,12 +293,16 @@ def compare(results):
         if twin is not None:
             print(f"{label} vs {twin_label(label)}: decode {rate / twin[1]:.2f}x, time to first token {twin[0] / ttft:.2f}x "
                   f"(higher: ours faster); greedy tokens {agreement(tokens, twin[2])}")
-    if ours and theirs:
-        best_ours = max(ours, key=lambda k: ours[k][1])
-        best_theirs = max(theirs, key=lambda k: theirs[k][1])
-        print(f"fastest decode: {best_ours} {ours[best_ours][1]:.1f} tokens/s vs {best_theirs} {theirs[best_theirs][1]:.1f}: "
-              f"{ours[best_ours][1] / theirs[best_theirs][1]:.2f}x; time to first token "
-              f"{theirs[best_theirs][0] / ours[best_ours][0]:.2f}x (higher: ours faster)")
+    if reference is not None and "llama.cpp, f32" in results:
+        print(f"greedy tokens, llama.cpp, f32 vs ours, float32: {agreement(results['llama.cpp, f32'][2], reference[2])}")
+    for peer in ("transformers", "llama.cpp"):
+        others = {k: v for k, v in results.items() if k.startswith(peer)}
+        if ours and others:
+            best_ours = max(ours, key=lambda k: ours[k][1])
+            best_theirs = max(others, key=lambda k: others[k][1])
+            print(f"fastest decode: {best_ours} {ours[best_ours][1]:.1f} tokens/s vs {best_theirs} {others[best_theirs][1]:.1f}: "
+                  f"{ours[best_ours][1] / others[best_theirs][1]:.2f}x; time to first token "
+                  f"{others[best_theirs][0] / ours[best_ours][0]:.2f}x (higher: ours faster)")
 
 
 def twin_label(label):
@@ -279,7 +325,10 @@ def main():
     prompts = random_prompts(cfg.repeats + 2, cfg.prompt_tokens, c.vocab_size, cfg.seed)
 
     results = {}
-    for name in dict.fromkeys(resolve_dtype(d, device) for d in cfg.dtypes):
+    shapes = linear_shapes(model)
+    if "auto" in cfg.dtypes:
+        print(f"auto: {resolve_dtype('auto', device, shapes)} on this machine for this model (what sample.py and chat.py use)", flush=True)
+    for name in dict.fromkeys(resolve_dtype(d, device, shapes) for d in cfg.dtypes):
         results.update(measure_ours(model, name, cfg, prompts, device))
     if cfg.transformers:
         try:
@@ -289,12 +338,19 @@ def main():
         else:
             for name in dict.fromkeys(cfg.hf_dtypes):
                 results.update(measure_transformers(model, name, cfg, prompts, device))
+    if cfg.llamacpp and not llamacpp_installed():
+        print(f"llama.cpp: llama-cpp-python is not installed ({INSTALL_HINT}), not compared")
+    elif cfg.llamacpp:
+        with tempfile.TemporaryDirectory() as folder:
+            for gguf_type in dict.fromkeys(cfg.llamacpp_types):
+                results.update(measure_llamacpp(model, gguf_type, cfg, prompts, folder))
     compare(results)
     del model
 
     if cfg.chat_turns:
         measure_chat(cfg, device, cfg.chat_dtype)
     print(f"reproduce: {reproduce_command('bench/generate.py', cfg, always=('size', 'prompt_tokens', 'new_tokens', 'compile', 'repeats'))}")
+    print(decode_vs_llamacpp(results))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ python bench/precision.py --data=FILE_OR_PREPARED_FOLDER [--ckpt=out] [--key=val
 
 1. Speed: the matrix products of GPT-2 small's 12 blocks and output layer (weights read from memory, too large for the caches) for one
    row of input (a decode step at batch 1) and for --rows rows (a prompt), in float32 (also stored transposed, as
-   gptkit/precision.py keeps float32 weights on a CPU), bfloat16 and float16: the measurements behind its choices
-   ("mixed": float16 weights for one row, bfloat16 for many).
+   gptkit/precision.py keeps float32 weights on a CPU), bfloat16, float16 and int8 (gptkit/weight_formats.py's layer):
+   the measurements behind its choices ("mixed": float16 weights for one row, bfloat16 for many on CPUs with bfloat16
+   instructions).
 2. Quality on a checkpoint: --windows windows of --window tokens of the data, scored in each precision through the
    prompt path (each window in one forward pass) and the decode path (token by token through the KV cache, as
    generation runs): loss in nats per token and bits per byte, how often the most likely token is float32's, and the
@@ -12,7 +13,9 @@ python bench/precision.py --data=FILE_OR_PREPARED_FOLDER [--ckpt=out] [--key=val
 """
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from gptkit.machine import describe_machine, reproduce_command
 from gptkit.model import KVCache
 from gptkit.options import check_rules, option, parse_options
 from gptkit.precision import DTYPES, for_generation
+from gptkit.weight_formats import Int8WeightLinear
 
 BLOCK_LINEARS = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)]  # (out, in) of each of GPT-2 small's blocks' layers
 GPT2_SMALL_LINEARS = BLOCK_LINEARS * 12 + [(50257, 768)]  # and the output layer
@@ -35,7 +39,7 @@ GPT2_SMALL_LINEARS = BLOCK_LINEARS * 12 + [(50257, 768)]  # and the output layer
 class BenchConfig:
     ckpt: str = option("out", "the checkpoint whose quality is measured (file or folder, Hugging Face folder or hub name)")
     data: str = option("", "a UTF-8 text file, or a folder prepared by data/prepare.py with the checkpoint's tokenizer")
-    dtypes: list[str] = option(["float32", "bfloat16", "float16", "mixed"], "the precisions to compare (float32 first: the reference)",
+    dtypes: list[str] = option(["float32", "bfloat16", "float16", "mixed", "int8"], "the precisions to compare (float32 first: the reference)",
                                tuple(d for d in DTYPES if d != "auto"))
     windows: int = option(8, "windows of text scored")
     window: int = option(128, "tokens per window (at most the model's context)")
@@ -54,24 +58,29 @@ def matmul_speed(cfg):
     formats = {"float32": (torch.float32, False), "float32 T": (torch.float32, True),  # T: stored transposed (gptkit/precision.py)
                "bfloat16": (torch.bfloat16, False), "float16": (torch.float16, False)}
     times = {}
-    for label, (dtype, transposed) in formats.items():
-        weights = [w.to(dtype) for w in weights32]
-        if transposed:
-            weights = [w.t().contiguous().t() for w in weights]
+    for label in [*formats, "int8"]:
+        if label == "int8":  # float32 input and output, int8 weights with a float32 scale per row
+            dtype, layers = torch.float32, [Int8WeightLinear(SimpleNamespace(weight=w, bias=None)) for w in weights32]
+            weights = [layer.weight_int8 for layer in layers]
+        else:
+            dtype, transposed = formats[label]
+            weights = [w.to(dtype) for w in weights32]
+            weights = [w.t().contiguous().t() for w in weights] if transposed else weights
+            layers = [partial(F.linear, weight=w) for w in weights]
         for rows in (1, cfg.rows):
             inputs = {n: torch.randn(rows, n, dtype=dtype) for n in (768, 4 * 768)}
             passes = []
             for _ in range(cfg.repeats + 1):  # the first pass warms up
                 started = time.perf_counter()
-                for w in weights:
-                    F.linear(inputs[w.shape[1]], w)
+                for layer, w in zip(layers, weights):
+                    layer(inputs[w.shape[1]])
                 passes.append(time.perf_counter() - started)
             times[label, rows] = float(np.median(passes[1:]))
         nbytes = sum(w.numel() * w.element_size() for w in weights)
         print(f"  {label:<9} 1 row: {1000 * times[label, 1]:7.2f} ms ({nbytes / times[label, 1] / 1e9:5.1f} GB/s of weights) | "
               f"{cfg.rows} rows: {1000 * times[label, cfg.rows]:7.2f} ms")
     for rows in (1, cfg.rows):
-        speedups = ", ".join(f"{label} {times['float32', rows] / times[label, rows]:.2f}x" for label in list(formats)[1:])
+        speedups = ", ".join(f"{label} {times['float32', rows] / times[label, rows]:.2f}x" for label in [*list(formats)[1:], "int8"])
         print(f"  against float32, {rows} row{'s' * (rows > 1)}: {speedups} (higher: faster; T: float32 stored transposed)")
 
 
@@ -132,7 +141,7 @@ def check_config(cfg):
                       ("rows", cfg.rows >= 2, "must be at least 2"), ("repeats", cfg.repeats >= 1, "must be at least 1"),
                       ("threads", cfg.threads >= 0, "must not be negative")])
     if not cfg.dtypes or cfg.dtypes[0] != "float32":
-        raise UsageError(f"--dtypes={','.join(cfg.dtypes)}: list precisions from float32, bfloat16, float16, mixed, starting with float32 "
+        raise UsageError(f"--dtypes={','.join(cfg.dtypes)}: list precisions from float32, bfloat16, float16, mixed, int8, starting with float32 "
                          "(the reference)")
     if not cfg.data:
         raise UsageError("--data is required: a text file, or a folder prepared by data/prepare.py with the checkpoint's tokenizer "

@@ -18,7 +18,7 @@ from gptkit.files import atomic_path, atomic_write
 from gptkit.gguf_vocab import gguf_vocabulary, pre_tokenizer
 from gptkit.hf import LAYER_NORM_EPS
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
 # llama.cpp refuses a BPE vocabulary without merges and GGUF cannot store an empty list, so the bytes tokenizer (which
 # merges nothing) gets one merge that can never apply: its left side, two NUL bytes, is made by no merge.
@@ -86,7 +86,8 @@ def encode_tensor(name, tensor, gguf_type):
         return data, None
     if gguf_type == "f16":
         return data.astype(np.float16), None
-    return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    raw_type = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[gguf_type]
+    return gguf.quants.quantize(data, raw_type), raw_type
 
 
 def write_gguf(model, tokenizer, path, gguf_type="f32", name=None):
@@ -96,7 +97,8 @@ def write_gguf(model, tokenizer, path, gguf_type="f32", name=None):
     c = model.config
     check_exportable(c, gguf_type)
     tokens, types, merges = gguf_vocabulary(tokenizer)
-    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "gpt2")
         writer.add_name(name or Path(path).stem)

@@ -8,15 +8,35 @@ import torch
 from gptkit.options import format_value
 
 
-def describe_machine(device):
-    """One line: CPU model and cores, torch version and threads, the GPU."""
+def cpu_name():
+    """The CPU's model name, as /proc/cpuinfo or the platform gives it."""
     cpu = None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         pass
-    cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
+    return cpu or platform.processor() or platform.machine() or "unknown CPU"
+
+
+SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def cpu_flags():
+    """The CPU's instruction-set flags that decide which kernels are fast (from /proc/cpuinfo; none elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            listed = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return []
+    return [flag for flag in SPEED_FLAGS if flag in listed]
+
+
+def describe_machine(device):
+    """One line: CPU model, its speed-relevant flags and cores, torch version and threads, the GPU."""
+    cpu = cpu_name()
+    flags = cpu_flags()
+    cpu += f" ({' '.join(flags)})" if flags else ""
     if device.startswith("cuda"):
         gpu = f"GPU {torch.cuda.get_device_name(device)}"
     elif device == "mps":

@@ -1,24 +1,43 @@
-"""The precision a model generates in: the --dtype of sample.py, chat.py and the bench scripts.
+"""The precision a model generates in: the --dtype of sample.py, chat.py, serve.py and the bench scripts.
 
 - float32: the weights as trained; exact. On a CPU the linear weights are stored transposed (same values), which
   the one-row product reads faster.
 - bfloat16, float16: the whole model cast (weights, activations, KV cache).
-- mixed: 16-bit weights, everything else (norms, attention, KV cache, residual stream) in float32. For CPUs, where
-  batch-1 generation is bound by reading the weights: one row of input (a decode step) multiplies float16 weights
-  (torch's float16 matrix-vector kernel), several rows (a prompt, beams) bfloat16 weights (the CPU's bfloat16
-  dot-product instructions), the faster format for each; each linear layer keeps both copies, as much memory as its
-  float32 weights. Measured by bench/precision.py on an AMD EPYC with AVX-512 BF16, for GPT-2 small's weights against
-  float32: one row 4.3x faster in float16 (2.9x in bfloat16), 128 rows 4.9x faster in bfloat16 (3x slower in float16).
-- auto: bfloat16 on CUDA, mixed on a CPU with AVX-512 BF16 instructions, float32 elsewhere (including MPS).
+- mixed: 16-bit weights, everything else (norms, attention, KV cache, residual stream) in float32: a decode step
+  multiplies float16 weights, a prompt bfloat16 ones on CPUs with bfloat16 instructions (gptkit/weight_formats.py).
+- int8: int8 linear weights with a float32 scale per output row, everything else in float32; a decode step reads a
+  quarter of float32's bytes, through gptkit's own kernel where the C compiler can build it (gptkit/native.py). Its
+  cost in quality is measured by bench/precision.py.
+- auto: bfloat16 on CUDA; float32 on MPS; on a CPU, the fastest of float32, mixed and int8 for a decode step of this
+  model's weight shapes, measured once on this machine (about a second) and remembered, the more exact one unless a
+  less exact one is at least 10% faster. Models small enough for the CPU's caches (under 4M linear weights) are bound
+  by Python, not memory, and stay float32.
 
 Converting is for generation only: a converted model is not trained or saved.
 """
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-DTYPES = ("auto", "float32", "bfloat16", "float16", "mixed")
-HELP = "auto: bfloat16 on CUDA, mixed on a CPU with AVX-512 BF16, else float32; mixed: 16-bit weights, float32 activations"
+from gptkit import native
+from gptkit.files import atomic_write
+from gptkit.machine import cpu_name
+from gptkit.weight_formats import HalfWeightLinear, Int8WeightLinear, replace_linears, transposed_linears
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "mixed", "int8")
+HELP = "auto: the fastest of float32, mixed and int8 measured on this CPU, bfloat16 on CUDA; mixed: 16-bit weights; int8: 8-bit weights"
+AUTO_CANDIDATES = ("float32", "mixed", "int8")  # most exact first
+SMALL_MODEL_WEIGHTS = 4_000_000  # below this the weights stay in the caches and a step is bound by Python: no gain to measure
+MEASURED_WEIGHTS = 48_000_000  # measure over at most this many weights: past a 32 MB cache even in int8, and about a second
+LESS_EXACT_GAIN = 0.9  # a less exact precision must take at most this share of the more exact one's time to be picked
+CACHE_FILE = "auto_precision.json"
 
 
 def cpu_has_bf16():
@@ -27,67 +46,112 @@ def cpu_has_bf16():
     return bool(check and check())
 
 
-def resolve_dtype(name, device):
-    """The precision `name` stands for on `device` ("auto" resolved)."""
+def linear_shapes(model):
+    """(out, in) of every linear layer of `model`, in order: what a decode step reads."""
+    return [(m.out_features, m.in_features) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def resolve_dtype(name, device, shapes=()):
+    """The precision `name` stands for on `device`; "auto" on a CPU measures the linear `shapes` (none: float32)."""
     if name != "auto":
         return name
     if device.startswith("cuda"):
         return "bfloat16"
-    return "mixed" if device == "cpu" and cpu_has_bf16() else "float32"
+    if device != "cpu" or sum(o * i for o, i in shapes) < SMALL_MODEL_WEIGHTS:
+        return "float32"
+    return measured_cpu_precision(shapes)
 
 
-class HalfWeightLinear(nn.Module):
-    """A linear layer for generation with float16 and bfloat16 copies of its weights; input and output keep their dtype.
-
-    One row of input (a decode step at batch 1) multiplies the float16 copy; more rows (a prompt, a beam) the bfloat16 one.
-    Both kernels accumulate in float32.
-    """
-
-    def __init__(self, linear):
-        super().__init__()
-        weight, bias = linear.weight.detach(), linear.bias
-        self.register_buffer("weight_f16", weight.to(torch.float16))
-        self.register_buffer("weight_bf16", weight.to(torch.bfloat16))
-        self.register_buffer("bias_f16", None if bias is None else bias.detach().to(torch.float16))
-        self.register_buffer("bias_bf16", None if bias is None else bias.detach().to(torch.bfloat16))
-
-    def forward(self, x):
-        if x.shape[:-1].numel() == 1:
-            return F.linear(x.to(torch.float16), self.weight_f16, self.bias_f16).to(x.dtype)
-        return F.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias_bf16).to(x.dtype)
-
-
-def replace_linears(module, make):
-    """Replace every nn.Linear under `module` with make(linear), in place; returns `module`."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(module, name, make(child))
-        else:
-            replace_linears(child, make)
-    return module
-
-
-def half_weight_linears(module):
-    """Replace every nn.Linear under `module` with a HalfWeightLinear, in place."""
-    return replace_linears(module, HalfWeightLinear)
-
-
-def transposed_linears(module):
-    """Store every linear weight transposed in memory, in place: the same values and shape, read faster by a one-row
-    product on a CPU (torch's float32 matrix-vector kernel; 1.28x for GPT-2 small in bench/precision.py). A tied
-    output layer shares this storage with the embedding, whose lookups do not mind."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            m.weight.data = m.weight.data.t().contiguous().t()
+def convert(module, name, device):
+    """Convert `module` (eval mode, on `device`) in place to the precision `name` (auto already resolved)."""
+    if name == "float32" and device == "cpu":
+        transposed_linears(module)
+    elif name == "mixed":
+        bf16 = not device.startswith("cpu") or cpu_has_bf16()
+        replace_linears(module, lambda linear: HalfWeightLinear(linear, many_rows_bf16=bf16))  # embeddings, norms and the KV cache stay float32
+    elif name == "int8":
+        replace_linears(module, Int8WeightLinear)
+    elif name != "float32":
+        module.to(getattr(torch, name))
 
 
 def for_generation(model, name, device):
     """`model` (in eval mode, on `device`) converted in place to the precision `name`; returns the precision used."""
-    dtype = resolve_dtype(name, device)
-    if dtype == "float32" and device == "cpu":
-        transposed_linears(model)
-    elif dtype == "mixed":
-        half_weight_linears(model)  # embeddings, norms and the KV cache (which follows them) stay float32
-    elif dtype != "float32":
-        model.to(getattr(torch, dtype))
+    dtype = resolve_dtype(name, device, linear_shapes(model))
+    convert(model, dtype, device)
     return dtype
+
+
+# --- auto on a CPU: measured --------------------------------------------------------------------------------------
+
+def cache_path():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptkit" / CACHE_FILE
+
+
+def measured_cpu_precision(shapes):
+    """The precision auto picks for these weight shapes on this CPU: remembered per machine, else measured now."""
+    kept = measured_shapes(shapes)
+    kernel = "own int8 kernel" if native.int8_matvec() is not None else "torch's int8 kernel"
+    key = f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {kernel} | " \
+          f"{hashlib.sha1(repr(kept).encode()).hexdigest()[:12]}"
+    path = cache_path()
+    try:
+        remembered = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        remembered = {}
+    if not isinstance(remembered, dict):
+        remembered = {}
+    if remembered.get(key) in AUTO_CANDIDATES:
+        return remembered[key]
+    times = decode_times(kept)
+    choice = pick(times)
+    print(f"auto precision: a decode step's products of this model's weights take "
+          f"{', '.join(f'{n} {1000 * t:.1f} ms' for n, t in times.items())} here: {choice} (remembered in {path})", file=sys.stderr, flush=True)
+    try:
+        with atomic_write(path, "w") as f:
+            json.dump({**remembered, key: choice}, f, indent=1)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return choice
+
+
+def measured_shapes(shapes):
+    """The shapes in order up to MEASURED_WEIGHTS weights (at least one)."""
+    kept, total = [], 0
+    for o, i in shapes:
+        if kept and total + o * i > MEASURED_WEIGHTS:
+            break
+        kept.append((o, i))
+        total += o * i
+    return kept
+
+
+def pick(times):
+    """The most exact candidate, unless a less exact one takes at most LESS_EXACT_GAIN of its time."""
+    best = AUTO_CANDIDATES[0]
+    for name in AUTO_CANDIDATES[1:]:
+        if times[name] <= LESS_EXACT_GAIN * times[best]:
+            best = name
+    return best
+
+
+@torch.no_grad()
+def decode_times(shapes, repeats=3):
+    """Median seconds of one-row products through layers of these shapes (zero weights) in each candidate precision."""
+    times = {}
+    for name in AUTO_CANDIDATES:
+        layers = nn.ModuleList(torch.nn.utils.skip_init(nn.Linear, i, o, bias=False) for o, i in shapes)
+        for layer in layers:
+            layer.weight.zero_()
+        convert(layers, name, "cpu")
+        inputs = {i: torch.randn(1, i) for _, i in shapes}
+        passes = []
+        for _ in range(repeats + 1):  # the first pass warms up
+            started = time.perf_counter()
+            for layer, (_, i) in zip(layers, shapes):
+                layer(inputs[i])
+            passes.append(time.perf_counter() - started)
+        times[name] = statistics.median(passes[1:])
+        del layers
+    return times
+

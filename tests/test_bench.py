@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from gptkit.engine import Engine
+from gptkit.gguf_vocab import recover_merges
+from gptkit.llamacpp_timing import stand_in_tokenizer
 from helpers import run_script, tiny_model
 from test_cli import assert_one_line_error
 
@@ -26,7 +28,7 @@ def figure(stdout, line_start, pattern):
 
 @pytest.mark.parametrize("script, options", [
     ("bench/generate.py", ["--prompt_tokens=", "--new_tokens=", "--compile=", "--size=", "--repeats=", "--dtypes=", "--hf_dtypes=", "--chat_dtype=",
-                           "--threads=", "--chat_turns="]),
+                           "--threads=", "--chat_turns=", "--llamacpp_types="]),
     ("bench/train_throughput.py", ["--preset=", "--size=", "--block_size=", "--batch_size=", "--max_batch=", "--compile=", "--data_dir=", "--n_layer="]),
 ])
 def test_help_lists_the_options(script, options):
@@ -38,7 +40,7 @@ def test_help_lists_the_options(script, options):
 
 def test_generate_bench_prints_speed_the_transformers_comparison_and_the_chat_reuse():
     result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=12", "--new_tokens=10", "--dtypes=float32,mixed",
-                        "--chat_turns=3", "--turn_tokens=20", "--chat_context=128", "--chat_dtype=mixed")
+                        "--llamacpp_types=f32", "--chat_turns=3", "--turn_tokens=20", "--chat_context=128", "--chat_dtype=mixed")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("machine: ") and "torch " in out.splitlines()[0]
@@ -63,6 +65,18 @@ def test_generate_bench_prints_speed_the_transformers_comparison_and_the_chat_re
     assert figure(out, "turn 3, history re-prefilled:", r"prefilled ([\d,]+)") == reused + prefilled
     assert "reproduce: python bench/generate.py " in out and "--prompt_tokens=12 --new_tokens=10" in out and "--chat_turns=3" in out
     assert "--dtypes=float32,mixed" in out
+    last = out.splitlines()[-1]
+    if "llama.cpp: llama-cpp-python is not installed" in out:
+        assert last.startswith("decode_vs_llamacpp: ours=") and "llamacpp=none" in last
+    else:
+        assert figure(out, "llama.cpp, f32:", r"decode\s+([\d.]+) tokens/s") > 0
+        assert re.fullmatch(r"decode_vs_llamacpp: ours=[\d.]+ llamacpp=[\d.]+ ratio=[\d.]+ ours_dtype=\w+ llamacpp_type=f32", last), last
+
+
+def test_the_stand_in_tokenizer_has_exactly_the_model_vocabulary():
+    for n_vocab in (264, 300, 50257):
+        tokenizer = stand_in_tokenizer(n_vocab)
+        assert tokenizer.n_vocab == n_vocab and recover_merges(tokenizer.encoding._mergeable_ranks)[:1] in ([], [(b"\x00", b"\x00")])
 
 
 def test_generate_bench_refuses_an_unknown_precision():

@@ -93,11 +93,13 @@ def test_an_f32_gguf_holds_the_header_the_tokenizer_the_template_and_the_exact_w
     assert not list(tmp_path.glob(".*"))  # no temporary left
 
 
-@pytest.mark.parametrize("gguf_type, matrix_type, tolerance", [("f16", "F16", 1e-3), ("q8_0", "Q8_0", 1 / 127)])
-def test_f16_and_q8_0_store_matrices_in_their_type_and_dequantize_close_to_the_weights(tmp_path, checkpoint, bpe_tok, gguf_type, matrix_type, tolerance):
+@pytest.mark.parametrize("gguf_type, matrix_type, tolerance", [("f16", "F16", 1e-3), ("bf16", "BF16", 2 ** -8), ("q8_0", "Q8_0", 1 / 127)])
+def test_16_and_8_bit_types_store_matrices_in_their_type_and_dequantize_close_to_the_weights(tmp_path, checkpoint, bpe_tok, gguf_type, matrix_type,
+                                                                                               tolerance):
     ckpt, model = checkpoint
     fields, tensors = read(export_gguf(ckpt, tmp_path / "m.gguf", gguf_type))
-    assert fields["general.file_type"] == {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
+    file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    assert fields["general.file_type"] == file_types[gguf_type]
     for name, values in expected_tensors(model, bpe_tok.n_vocab).items():
         stored = tensors[name].tensor_type.name
         assert stored == (matrix_type if values.ndim == 2 and name != "position_embd.weight" else "F32"), name
@@ -186,7 +188,7 @@ def test_what_llama_cpp_cannot_compute_is_refused_in_one_line_and_nothing_is_wri
 def test_a_bad_type_a_width_q8_0_cannot_block_and_a_missing_folder_are_refused_in_one_line(tmp_path, bytes_tok):
     save_checkpoint(tmp_path / "ckpt.pt", tiny_model("gpt2", vocab_size=VOCAB, n_embd=16), bytes_tok)
     ckpt = f"--ckpt={tmp_path / 'ckpt.pt'}"
-    assert_one_line_error(run_script("export.py", ckpt, "--format=gguf", "--type=q4_0"), "--type", "f32, f16, q8_0")
+    assert_one_line_error(run_script("export.py", ckpt, "--format=gguf", "--type=q4_0"), "--type", "f32, f16, bf16, q8_0")
     assert_one_line_error(run_script("export.py", ckpt, "--format=gguf", "--type=q8_0", f"--out={tmp_path / 'm.gguf'}"), "blocks of 32", "width is 16")
     assert_one_line_error(run_script("export.py", ckpt, "--format=gguf", f"--out={tmp_path / 'no' / 'm.gguf'}"), "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
@@ -257,7 +259,8 @@ def test_a_malformed_repo_name_is_refused_before_anything_is_written(tmp_path, c
 # --- llama.cpp itself (slow: needs llama-cpp-python) ---------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, gguf_type, tolerance", [("bpe", "f32", 1e-3), ("bpe", "f16", 2e-2), ("bpe", "q8_0", 0.5), ("bytes", "f32", 1e-3)])
+@pytest.mark.parametrize("kind, gguf_type, tolerance", [("bpe", "f32", 1e-3), ("bpe", "f16", 2e-2), ("bpe", "bf16", 0.2), ("bpe", "q8_0", 0.5),
+                                                           ("bytes", "f32", 1e-3)])
 def test_llama_cpp_computes_our_logits_tokenizes_as_we_do_and_chats_through_the_template(tmp_path, bpe_tok, bytes_tok, kind, gguf_type, tolerance,
                                                                                          monkeypatch):
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -289,7 +292,7 @@ def test_llama_cpp_computes_our_logits_tokenizes_as_we_do_and_chats_through_the_
     assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == prompt  # the embedded template, special tokens read
     end = tokenizer.special_id("<|assistant_end|>")
     ours = list(generate(model, prompt, 8, temperature=0, stop_ids=(end, tokenizer.eot_id), vocab_limit=tokenizer.n_vocab))
-    if gguf_type == "q8_0":  # q8_0 rounds weights (and llama.cpp the activations) to 8 bits: greedy picks may part
+    if gguf_type in ("bf16", "q8_0"):  # bf16 and q8_0 round weights (q8_0 also llama.cpp's activations) to 8 bits: greedy picks may part
         return
     theirs = [t for _, t in zip(range(len(ours)), llm.generate(prompt, temp=0.0, top_k=1, reset=True))]
     assert theirs == ours
