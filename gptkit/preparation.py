@@ -1,4 +1,5 @@
 """Turn a corpus into token shards and meta.json: what data/prepare.py runs, and train.py when its data is not prepared yet."""
+import functools
 import hashlib
 import itertools
 import os
@@ -13,8 +14,9 @@ from gptkit.errors import UsageError
 from gptkit.files import atomic_write, check_output, clean_temporaries, require_file
 from gptkit.options import check_values, option
 from gptkit.shards import META_FILE, TOKENIZER_FILE, ShardWriter, token_dtype, write_meta
-from gptkit.sources import builtin_corpus_files, dataset_documents, expand_inputs, file_documents
-from gptkit.tokenizer import TOKENIZER_KINDS, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
+from gptkit.sources import SourceFiles, builtin_corpus_files, dataset_documents, expand_inputs, file_documents
+from gptkit.tokenizer import TOKENIZER_KINDS, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer, utf8_length
+from gptkit.tokenizing import tokenize_documents
 
 PREPARED_ROOT_ENV = "GPTKIT_PREPARED"  # where prepared folders go by default: this variable, else prepared/ in the current folder
 
@@ -30,7 +32,8 @@ class PrepareConfig:
     out_dir: str = option("", "where to write the shards (default: prepared/NAME-HASH-TOKENIZER)")
     tokenizer: str = option("bpe", "bpe: trained on this corpus with rustbpe; bytes: 256 byte ids; gpt2: tiktoken's GPT-2", TOKENIZER_KINDS)
     vocab_size: int = option(4096, "vocabulary size of a trained bpe tokenizer, special tokens included", bounds="[1, 16777216]")
-    tokenizer_train_bytes: int = option(500_000_000, "train the bpe tokenizer on at most this many bytes of training text", bounds=">0")
+    tokenizer_train_bytes: int = option(500_000_000, "train the bpe tokenizer on at most this many bytes of training text; its memory "
+                                        "grows with this (the distinct words of that text), not with the corpus", bounds=">0")
     val_fraction: float = option(0.01, "share of documents held out for validation, picked by a hash of each one's path (or record index); raised "
                                  "to expect 32 documents (at most 10%) when the files can be counted; the last one's tail when they are few",
                                  bounds="[0, 1)")
@@ -71,11 +74,11 @@ def corpus_documents(cfg):
         docs = ((str(index), text) for index, text in enumerate(texts))
         total, count, what = None, None, f"dataset {cfg.dataset} ({cfg.split})"
     else:
-        files = expand_inputs(cfg.inputs) if cfg.inputs else builtin_corpus_files()
+        files = expand_inputs(cfg.inputs) if cfg.inputs else SourceFiles([("the built-in corpus", functools.partial(iter, builtin_corpus_files()))])
         docs = (doc for f in files for doc in file_documents(f.path, cfg.text_field, f.key))
-        total = sum(f.path.stat().st_size for f in files)
-        count = None if any(f.path.suffix == ".jsonl" for f in files) else len(files)  # a .jsonl file holds any number
-        what = f"{len(files)} file{'s' * (len(files) != 1)}" if cfg.inputs else f"the built-in corpus ({len(files)} files of Python's standard library)"
+        total = files.size
+        count = None if files.jsonl else files.count  # a .jsonl file holds any number
+        what = f"{files.count} file{'s' * (files.count != 1)}" if cfg.inputs else f"the built-in corpus ({files.count} files of Python's standard library)"
     if cfg.max_documents:
         docs = itertools.islice(docs, cfg.max_documents)
         count = None if count is None else min(count, cfg.max_documents)
@@ -150,21 +153,61 @@ def build_tokenizer(cfg):
         return gpt2_tokenizer()
     print(f"training a {cfg.vocab_size}-token BPE tokenizer with rustbpe ...", flush=True)
     labelled, _, _, _ = labelled_documents(cfg)
-    train_texts = (text for split, text in labelled if split == "train")
-    budget = _cap_bytes(train_texts, cfg.tokenizer_train_bytes)
-    started = time.time()
-    tokenizer = train_bpe_tokenizer(budget, cfg.vocab_size)
-    print(f"trained in {time.time() - started:.1f}s", flush=True)
+    sample = CappedText((text for split, text in labelled if split == "train"), cfg.tokenizer_train_bytes)
+    started = time.perf_counter()
+    tokenizer = train_bpe_tokenizer(sample, cfg.vocab_size)
+    peak = peak_memory_mb()
+    print(f"trained in {time.perf_counter() - started:.1f} s on {sample.used / 1e6:,.1f} MB of text"
+          + (f" (peak memory so far {peak:,.0f} MB)" if peak else ""), flush=True)
     return tokenizer
 
 
-def _cap_bytes(texts, limit):
-    used = 0
-    for text in texts:
-        if used >= limit:
-            return
-        used += len(text)
-        yield text
+class CappedText:
+    """The texts, up to `limit` UTF-8 bytes in all: the one that crosses it is cut at a line break to fit, and
+    iteration stops there. `used` counts the bytes handed out. What bounds the memory of BPE training: rustbpe
+    streams the texts, but keeps every distinct word (pre-tokenized piece) of them, with its count and bytes."""
+
+    def __init__(self, texts, limit):
+        self.texts, self.limit, self.used = texts, int(limit), 0
+
+    def __iter__(self):
+        for text in self.texts:
+            room = self.limit - self.used
+            if room <= 0:
+                return
+            size = utf8_length(text)
+            if size > room:
+                head = _head(text, room)
+                self.used += utf8_length(head)
+                yield head
+                return
+            self.used += size
+            yield text
+
+
+def _head(text, limit):
+    """The longest start of `text` that ends at a line break and holds at most `limit` UTF-8 bytes (any start, without one)."""
+    head = text[:limit] if text.isascii() else text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+    line_end = head.rfind("\n")
+    return head[:line_end + 1] if line_end >= 0 else head
+
+
+def peak_memory_mb():
+    """This program's peak resident memory so far, in MB (10^6 bytes); None where it cannot be known (Windows).
+
+    On Linux, /proc's VmHWM: getrusage's ru_maxrss would also count the peak of whatever process started this one,
+    which the kernel carries across exec (a parent that has imported torch made it 250 MB here).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 / 1e6 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e6
 
 
 def prepare(cfg):
@@ -181,26 +224,9 @@ def prepare(cfg):
         print(note, flush=True)
     tokenizer = build_tokenizer(cfg)
     dtype = token_dtype(tokenizer.n_vocab)
-    writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
-    counts = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in writers}
     print(f"tokenizing {what} with the {tokenizer.kind} tokenizer ({tokenizer.n_vocab} ids) into {out}", flush=True)
-    workers = cfg.workers or os.cpu_count() or 1
-    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=None) as bar:
-        for chunk in _chunks(labelled, 4 << 20):
-            for (split, text), ids in zip(chunk, tokenizer.encode_batch([t for _, t in chunk], num_threads=workers)):
-                ids.append(tokenizer.eot_id)
-                writers[split].add(ids)
-                n_bytes = len(text.encode("utf-8"))
-                c = counts[split]
-                c["documents"] += 1
-                c["bytes"] += n_bytes
-                c["tokens"] += len(ids)
-                bar.update(n_bytes)
-    if counts["train"]["bytes"] == 0:
-        raise UsageError(f"the corpus is empty: {what} hold no text")
-    if counts["val"]["bytes"] == 0:
-        raise UsageError("no validation text was held out; raise --val_fraction or give --val_file")
-    splits = {s: {**counts[s], "shards": w.close()} for s, w in writers.items()}
+    counts, shards = write_shards(labelled, tokenizer, out, cfg.shard_tokens, cfg.workers or os.cpu_count() or 1, total, what)
+    splits = {s: {**counts[s], "shards": shards[s]} for s in counts}
     with atomic_write(out / TOKENIZER_FILE, "w") as f:
         f.write(tokenizer.to_json())
     val_text_tokens = counts["val"]["tokens"] - counts["val"]["documents"]  # without the separators
@@ -226,14 +252,35 @@ def prepare(cfg):
     return out
 
 
-def _chunks(labelled, chunk_chars):
-    chunk, size = [], 0
-    for item in labelled:
-        chunk.append(item)
-        size += len(item[1])
-        if size >= chunk_chars:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
+def write_shards(labelled, tokenizer, out, shard_tokens, workers, total, what):
+    """Tokenize the (split, text) documents into shards in `out`: ({split: documents, bytes, tokens}, {split: shards}).
+    An error or Ctrl-C leaves the finished shards but no half one; meta.json, written after, is what marks them complete."""
+    dtype = token_dtype(tokenizer.n_vocab)
+    writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in ("train", "val")}
+    counts = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in writers}
+    started = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=None) as bar:
+            for batch in tokenize_documents(labelled, tokenizer, dtype, workers):
+                for split, part in batch.items():
+                    writers[split].add(part.ids)
+                    c = counts[split]
+                    c["documents"] += part.documents
+                    c["bytes"] += part.bytes
+                    c["tokens"] += len(part.ids)
+                    bar.update(part.bytes)
+        if counts["train"]["bytes"] == 0:
+            raise UsageError(f"the corpus is empty: {what} hold no text")
+        if counts["val"]["bytes"] == 0:
+            raise UsageError("no validation text was held out; raise --val_fraction or give --val_file")
+        shards = {s: w.close() for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    seconds = time.perf_counter() - started
+    megabytes = (counts["train"]["bytes"] + counts["val"]["bytes"]) / 1e6
+    peak = peak_memory_mb()
+    print(f"tokenized {megabytes:,.1f} MB in {seconds:.1f} s ({megabytes / max(seconds, 1e-9):.2f} MB/s) on {workers} thread{'s' * (workers != 1)}"
+          + (f"; peak memory {peak:,.0f} MB" if peak else ""), flush=True)
+    return counts, shards

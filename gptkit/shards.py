@@ -5,12 +5,13 @@ whose preparation was interrupted has no meta.json (or the old, still-matching o
 """
 import hashlib
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from gptkit.errors import UsageError
-from gptkit.files import atomic_write, read_json_object
+from gptkit.files import atomic_path, atomic_write, read_json_object
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -21,36 +22,70 @@ def token_dtype(vocab_size):
 
 
 class ShardWriter:
-    """Buffers token ids and writes fixed-size shards `{split}_{index:05d}.bin`, each one atomically."""
+    """Writes token ids into fixed-size shards `{split}_{index:05d}.bin` as they come.
+
+    Each shard streams into a temporary file beside its name, hashed on the way, and is fsynced and renamed once full
+    (gptkit/files.py's atomic_path): memory does not grow with shard_tokens, and a crash at any moment leaves no half
+    shard under a shard's name. discard() drops the shard being written, for a run that stops early.
+    """
 
     def __init__(self, folder, split, dtype, shard_tokens):
         self.folder, self.split, self.dtype = Path(folder), split, np.dtype(dtype)
-        self.buffer = np.empty(shard_tokens, dtype=self.dtype)
-        self.filled = 0
+        self.shard_tokens = shard_tokens
         self.shards = []
+        self._open = None  # the shard being written: (its ExitStack, file, sha256, tokens so far); None between shards
 
     def add(self, ids):
-        ids = np.asarray(ids, dtype=self.dtype)
+        ids = np.ascontiguousarray(ids, dtype=self.dtype)
         while len(ids):
-            take = min(len(ids), len(self.buffer) - self.filled)
-            self.buffer[self.filled:self.filled + take] = ids[:take]
-            self.filled += take
-            ids = ids[take:]
-            if self.filled == len(self.buffer):
-                self._write()
+            if self._open is None:
+                self._start()
+            stack, file, digest, filled = self._open
+            part = ids[:self.shard_tokens - filled]  # a view: written and hashed without a copy
+            try:
+                file.write(part)
+            except OSError as e:
+                self._drop(e)  # raises what atomic_path makes of it: a full disk is one line that says so
+                raise
+            digest.update(part)
+            self._open = (stack, file, digest, filled + len(part))
+            ids = ids[len(part):]
+            if filled + len(part) == self.shard_tokens:
+                self._finish()
 
     def close(self):
-        if self.filled:
-            self._write()
+        """Finish the last shard; returns every shard as {file, tokens, sha256}."""
+        if self._open is not None:
+            self._finish()
         return self.shards
 
-    def _write(self):
-        name = f"{self.split}_{len(self.shards):05d}.bin"
-        data = self.buffer[:self.filled].tobytes()
-        with atomic_write(self.folder / name) as f:
-            f.write(data)
-        self.shards.append({"file": name, "tokens": self.filled, "sha256": hashlib.sha256(data).hexdigest()})
-        self.filled = 0
+    def discard(self):
+        """Delete the shard being written (its temporary file): nothing appears under its name."""
+        self._drop(_Discarded())
+
+    def _drop(self, error):
+        if self._open is not None:
+            stack = self._open[0]
+            self._open = None
+            stack.__exit__(type(error), error, error.__traceback__)  # atomic_path removes the temporary file instead of renaming it
+
+    def _start(self):
+        stack = ExitStack()
+        tmp = stack.enter_context(atomic_path(self.folder / self._name()))
+        self._open = (stack, stack.enter_context(open(tmp, "wb")), hashlib.sha256(), 0)
+
+    def _finish(self):
+        stack, _, digest, filled = self._open
+        self._open = None
+        stack.close()  # closes the file, then atomic_path fsyncs it and renames it under the shard's name
+        self.shards.append({"file": self._name(), "tokens": filled, "sha256": digest.hexdigest()})
+
+    def _name(self):
+        return f"{self.split}_{len(self.shards):05d}.bin"  # of the shard being written: the one after those finished
+
+
+class _Discarded(Exception):
+    """Raised into a shard's atomic_path by discard(), to make it drop the temporary file."""
 
 
 def write_meta(folder, meta):

@@ -1,7 +1,9 @@
 """Where documents come from: local files, folders and globs, a Hugging Face dataset, or the built-in corpus."""
+import functools
 import glob
 import itertools
 import json
+import os
 import re
 import sysconfig
 from pathlib import Path
@@ -60,46 +62,110 @@ def is_codec_table(path):
         return False  # unreadable: kept, and reading it later says why
 
 
+class SourceFiles:
+    """The files of a corpus in a stable order, as SourceFiles, iterable any number of times; with their number
+    (count), total bytes (size) and whether any is .jsonl (jsonl), found by a first pass.
+
+    A folder is walked anew at each pass rather than listed: a corpus of a million files costs no memory beyond one
+    folder's entries at a time. `parts` are (input, a function giving that input's files afresh).
+    """
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.count = self.size = 0
+        self.jsonl = False
+        for item, files in parts:
+            count = 0
+            for f in files():
+                count += 1
+                self.size += f.path.stat().st_size
+                self.jsonl |= f.path.suffix == ".jsonl"
+            if not count:
+                raise UsageError(f"input {item!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
+            self.count += count
+
+    def __iter__(self):
+        for _, files in self.parts:
+            yield from files()
+
+
 def expand_inputs(inputs):
-    """Files named, files under folders, and glob matches, in a stable order, as SourceFiles keyed by the path under the
-    folder given (a glob's folder before its first wildcard; a named file's key is its name). Errors name what matched nothing."""
-    files = []
+    """SourceFiles of the files named, the files under folders, and glob matches, in a stable order, keyed by the path under
+    the folder given (a glob's folder before its first wildcard; a named file's key is its name). Errors name what matched nothing."""
+    parts = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = [SourceFile(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in TEXT_SUFFIXES]
+            parts.append((item, functools.partial(folder_files, path)))
         elif path.is_file():
-            found = [SourceFile(path, path.name)]
+            parts.append((item, functools.partial(iter, [SourceFile(path, path.name)])))
         elif glob.has_magic(item):
             root = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts[:-1]))
             found = [SourceFile(p, p.relative_to(root).as_posix()) for p in sorted(Path(m) for m in glob.glob(str(path), recursive=True))
                      if p.is_file()]
+            parts.append((item, functools.partial(iter, found)))
         else:
             raise UsageError(f"input {item!r} does not exist; give a text file, a folder or a glob such as 'docs/**/*.md'")
-        if not found:
-            raise UsageError(f"input {item!r} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        files.extend(found)
-    return files
+    return SourceFiles(parts)
+
+
+def folder_files(folder, prefix=""):
+    """SourceFiles of the text files under `folder`, keyed by their path under it, in the order sorted(folder.rglob("*"))
+    gives (each folder's entries by name, depth first), without listing the whole tree. As rglob, a symlink to a folder
+    is not entered; a symlink to a file is a file."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda entry: entry.name)
+    except OSError as e:
+        raise UsageError(f"cannot read folder {folder}: {e.strerror}") from None
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            yield from folder_files(entry.path, f"{prefix}{entry.name}/")
+        elif entry.is_file() and os.path.splitext(entry.name)[1] in TEXT_SUFFIXES:
+            yield SourceFile(Path(entry.path), prefix + entry.name)
 
 
 BINARY_SHARE = 0.3  # a file whose bytes are this much not text (invalid UTF-8 or NUL) is refused as binary
 
 
 def file_documents(path, text_field="text", key=None):
-    """(key, text) for each document: a .jsonl file yields one per line (its `text_field`, keyed KEY:LINE); any other
-    file is one document keyed KEY (by default the file's name).
+    """(key, text) for each document: a .jsonl file yields one per line (its `text_field`, keyed KEY:LINE), read a line
+    at a time; any other file is one document keyed KEY (by default the file's name), read whole.
 
     Bytes that are not UTF-8 become U+FFFD, with a note saying how many; a file that is mostly not text is refused.
     """
     key = key or Path(path).name
-    text = decode_text(Path(path))
     if Path(path).suffix != ".jsonl":
-        yield key, text
+        yield key, decode_text(Path(path))
         return
-    for line_number, record in jsonl_records(path, text):
+    for line_number, record in jsonl_file_records(Path(path)):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise UsageError(f"{path}:{line_number} has no string field {text_field!r}; name the right one with --text_field")
         yield f"{key}:{line_number}", record[text_field]
+
+
+def jsonl_file_records(path):
+    """(line number, parsed object) for each non-blank line of a JSONL file, read a line at a time: memory holds a line,
+    not the file (a corpus is often a few JSONL files of gigabytes). Lines end at \\n only, as JSON Lines says, so a
+    record may hold U+2028 or U+0085. Bytes that are not UTF-8 become U+FFFD, counted in a note; a bad line is an error naming it."""
+    replaced = 0
+    try:
+        with open(path, "rb") as f:
+            for line_number, raw in enumerate(f, 1):
+                line = raw.decode("utf-8", errors="replace")
+                if "\ufffd" in line:
+                    replaced += max(0, line.count("\ufffd") - raw.count("\ufffd".encode()))  # characters that stand for invalid bytes
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
+                yield line_number, record
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if replaced:
+        print(f"note: {path}: {replaced:,} invalid UTF-8 sequence(s) replaced with U+FFFD", flush=True)
 
 
 def decode_text(path):

@@ -49,6 +49,17 @@ class Tokenizer:
     def encode_batch(self, texts, num_threads=8):
         return self.encoding.encode_ordinary_batch([_checked(t) for t in texts], num_threads=num_threads)
 
+    def encode_array(self, text):
+        """The ids encode gives, as a uint32 numpy array: no Python list is built (what data/prepare.py writes).
+
+        tiktoken checks the text as it reads it, so a lone surrogate costs nothing extra to refuse; an empty set of
+        allowed special tokens makes their spellings plain text, as encode_ordinary does.
+        """
+        try:
+            return self.encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        except UnicodeEncodeError as e:
+            raise _invalid_unicode(text, e) from None
+
     def decode(self, ids):
         return self.encoding.decode(list(ids), errors="replace")
 
@@ -88,8 +99,18 @@ def _checked(text):
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UsageError(f"the text has a character that is not valid Unicode at position {e.start} ({text[e.start]!r}); pass UTF-8 text") from None
+        raise _invalid_unicode(text, e) from None
     return text
+
+
+def _invalid_unicode(text, error):
+    """The error for text holding a lone surrogate (from JSON's \\ud800 escapes, say), which UTF-8 cannot encode."""
+    return UsageError(f"the text has a character that is not valid Unicode at position {error.start} ({text[error.start]!r}); pass UTF-8 text")
+
+
+def utf8_length(text):
+    """Bytes of `text` in UTF-8, without encoding it when it is ASCII (str.isascii is a flag CPython keeps)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _with_specials(ranks, specials=None):
@@ -109,17 +130,51 @@ def byte_tokenizer():
     return Tokenizer("bytes", ranks, _with_specials(ranks))
 
 
+# rustbpe copies its texts into Rust strings BPE_BUFFER_TEXTS at a time (8192 by default) before counting their words:
+# with documents cut to about BPE_PIECE_CHARS, that buffer stays near 64 MB whatever the documents' sizes.
+BPE_BUFFER_TEXTS = 1024
+BPE_PIECE_CHARS = 1 << 16
+
+
 def train_bpe_tokenizer(texts, vocab_size):
-    """Train a byte-level BPE with rustbpe on an iterator of strings; vocab_size counts the special tokens."""
+    """Train a byte-level BPE with rustbpe on an iterator of strings; vocab_size counts the special tokens.
+
+    rustbpe streams the texts (a buffer at a time) but keeps every distinct word of them with its count until it has
+    merged: its memory grows with the distinct words of all the text, which the caller bounds by giving less text.
+    """
     import rustbpe
 
     n_merged = vocab_size - len(SPECIAL_TOKENS)
     if n_merged < 256:
         raise UsageError(f"--vocab_size={vocab_size} is too small for a BPE tokenizer; use at least {256 + len(SPECIAL_TOKENS)}, or --tokenizer=bytes")
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(texts, n_merged, pattern=SPLIT_PATTERN)
+    pieces = (piece for text in texts for piece in word_aligned_pieces(text, BPE_PIECE_CHARS))
+    try:
+        trainer.train_from_iterator(pieces, n_merged, buffer_size=BPE_BUFFER_TEXTS, pattern=SPLIT_PATTERN)
+    except UnicodeEncodeError as e:  # rustbpe copies each text into a Rust String: a lone surrogate cannot be copied
+        raise _invalid_unicode(e.object, e) from None
     ranks = dict(trainer.get_mergeable_ranks())
     return Tokenizer("bpe", ranks, _with_specials(ranks))
+
+
+def word_aligned_pieces(text, size):
+    """`text` in pieces of `size` characters and then on to the next line break that a non-space follows (the last
+    piece is what remains; a text with no such line break past `size` is one piece).
+
+    SPLIT_PATTERN always ends a word there and starts the next (no alternative matches a line break and then a
+    non-space), so the pieces hold exactly the words of the whole text: BPE trained on them learns the same merges.
+    str.isspace counts every character the pattern's \\s does, and a few more, so a cut is never where \\s would disagree.
+    """
+    start = 0
+    while len(text) - start > size:
+        cut = text.find("\n", start + size)
+        while cut != -1 and (cut + 1 == len(text) or text[cut + 1].isspace()):
+            cut = text.find("\n", cut + 1)
+        if cut == -1:
+            break
+        yield text[start:cut + 1]
+        start = cut + 1
+    yield text[start:]
 
 
 def gpt2_tokenizer():

@@ -1,13 +1,18 @@
 """prepare(): corpora from files, folders, globs, JSONL and local Hugging Face datasets into verified token shards."""
 import hashlib
 import json
+import os
+import re
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from gptkit import tokenizing
 from gptkit.errors import UsageError
-from gptkit.preparation import PrepareConfig, default_data_dir, prepare
-from gptkit.shards import META_FILE, TOKENIZER_FILE, load_split, read_meta
+from gptkit.preparation import CappedText, PrepareConfig, default_data_dir, prepare
+from gptkit.shards import META_FILE, TOKENIZER_FILE, ShardWriter, load_split, read_meta
+from gptkit.sources import expand_inputs, file_documents
 from gptkit.tokenizer import Tokenizer
 from helpers import run_script
 
@@ -76,6 +81,28 @@ def test_glob_selects_matching_files_only(tmp_path, docs_folder):
     assert tokens(tmp_path / "out", "val") == as_bytes_ids("epsilon\n")
 
 
+def test_a_folder_is_read_in_sorted_path_order_without_being_listed(tmp_path):
+    """A folder of many files costs memory for one folder's entries at a time, not for every file of the tree; the
+    order (and so the shards) is what sorting every path would give."""
+    root = tmp_path / "corpus"
+    for rel in ["a/b.txt", "a.txt", "a-b/c.md", "a/b/c.py", "a/b.txt.bak", "A/x.txt", "a b/q.txt", ".hidden/h.txt", "é/f.txt"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("t\n", encoding="utf-8")
+    for i in range(2000):
+        (root / f"many/part{i // 100:02d}" / f"doc{i}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"many/part{i // 100:02d}" / f"doc{i}.txt").write_text("t\n", encoding="utf-8")
+    tracemalloc.start()
+    try:
+        files = expand_inputs([str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000  # a listing of the 2,008 files would take 1.2 MB
+    assert (files.count, files.size, files.jsonl) == (2008, 2008 * 2, False)
+    expected = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".txt", ".md", ".py")]
+    assert [f.key for f in files] == [f.key for f in files] == expected  # the same order at every pass
+
+
 def test_jsonl_gives_one_document_per_line(tmp_path):
     records = [{"text": f"record {i} ünïcode", "id": i} for i in range(4)]
     path = tmp_path / "data.jsonl"
@@ -107,6 +134,22 @@ def test_jsonl_with_a_broken_line_names_the_line(tmp_path):
     path.write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
     with pytest.raises(UsageError, match=r"data.jsonl:2 is not valid JSON"):
         run_prepare(tmp_path / "out", path, val_fraction=0.5)
+
+
+def test_jsonl_is_read_a_line_at_a_time(tmp_path):
+    """A corpus of a few JSONL files of gigabytes: memory holds a line, not the file; and a line ends at \\n only."""
+    path = tmp_path / "big.jsonl"
+    first = json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False)  # separators str.splitlines would cut the record at
+    path.write_text(first + "\n" + (json.dumps({"text": "x" * 10_000}) + "\n") * 500, encoding="utf-8")  # 5 MB
+    tracemalloc.start()
+    try:
+        docs = file_documents(path)
+        assert next(docs) == ("big.jsonl:1", "a\u2028b\x85c")
+        assert next(docs) == ("big.jsonl:2", "x" * 10_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
 
 
 def test_single_file_holds_out_its_tail_as_validation(tmp_path):
@@ -212,6 +255,81 @@ def test_rerun_replaces_old_shards(tmp_path, corpus_file):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def interrupted_contents(out):
+    return sorted(p.name for p in out.iterdir())
+
+
+@pytest.fixture
+def records_file(tmp_path, corpus_text):
+    """A JSONL corpus of 60 documents of a few hundred characters."""
+    lines = corpus_text.splitlines(keepends=True)
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps({"text": "".join(lines[i:i + 10])}) + "\n" for i in range(0, 600, 10)), encoding="utf-8")
+    return path
+
+
+def test_ctrl_c_while_tokenizing_leaves_no_meta_no_half_shard_and_a_rerun_completes(tmp_path, records_file, monkeypatch):
+    out = tmp_path / "out"
+    complete = run_prepare(out, records_file, val_fraction=0.1, shard_tokens=1000)
+    monkeypatch.setattr(tokenizing, "BATCH_CHARS", 500)  # many batches, so the run stops part-way
+    add, calls = ShardWriter.add, []
+
+    def add_then_ctrl_c(self, ids):
+        add(self, ids)
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "add", add_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(out, records_file, val_fraction=0.1, shard_tokens=1000)
+    assert not (out / META_FILE).exists()  # the old meta.json went first: the folder no longer looks complete
+    assert not [name for name in interrupted_contents(out) if name.startswith(".")]  # the shard being written was dropped
+    monkeypatch.setattr(ShardWriter, "add", add)
+    assert run_prepare(out, records_file, val_fraction=0.1, shard_tokens=1000) == complete
+    load_split(out, "train")  # every shard matches its checksum
+
+
+KILL_AT_THE_THIRD_WRITE = """
+import os, signal, sys
+from gptkit import shards, tokenizing
+tokenizing.BATCH_CHARS = 500
+add, calls = shards.ShardWriter.add, []
+def add_then_die(self, ids):
+    add(self, ids)
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+shards.ShardWriter.add = add_then_die
+from data.prepare import cli
+cli()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_killed_while_tokenizing_leaves_no_meta_and_a_rerun_completes(tmp_path, records_file):
+    out = tmp_path / "out"
+    complete = run_prepare(out, records_file, val_fraction=0.1, shard_tokens=1000)
+    result = run_script("-c", KILL_AT_THE_THIRD_WRITE, records_file, "--tokenizer=bytes", f"--out_dir={out}", "--val_fraction=0.1",
+                        "--shard_tokens=1000", "--workers=2")
+    assert result.returncode == -9, result.stderr
+    assert not (out / META_FILE).exists()
+    assert [name for name in interrupted_contents(out) if name.startswith(".")]  # killed mid-shard: its temporary file is left...
+    assert run_prepare(out, records_file, val_fraction=0.1, shard_tokens=1000) == complete
+    assert not [name for name in interrupted_contents(out) if name.startswith(".")]  # ...and the rerun removes it
+    load_split(out, "train")
+
+
+def test_bpe_training_text_is_capped_in_utf8_bytes_at_a_line_break():
+    texts = iter(["ab\n" * 10, "你好\n" * 10, "never read"])
+    sample = CappedText(texts, 40)
+    assert list(sample) == ["ab\n" * 10, "你好\n"]  # 30 bytes, then whole lines of 7 bytes while they fit in the 10 left
+    assert sample.used == 37
+    assert next(texts) == "never read"  # the corpus is read no further
+    one_big_document = CappedText(iter(["x" * 1000]), 100)
+    assert list(one_big_document) == ["x" * 100] and one_big_document.used == 100  # no line break: cut anywhere
+
+
 def test_local_hugging_face_dataset_offline(tmp_path):
     folder = tmp_path / "hf_dataset"
     folder.mkdir()
@@ -267,6 +385,7 @@ def test_prepare_script_end_to_end(tmp_path, corpus_file):
     meta = read_meta(out)
     assert meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"] == corpus_file.stat().st_size + 2
     assert "train:" in result.stdout and "val:" in result.stdout
+    assert re.search(r"^tokenized [\d.]+ MB in [\d.]+ s \([\d.]+ MB/s\) on \d+ threads?; peak memory [\d,]+ MB$", result.stdout, re.M)
 
 
 def test_prepare_script_missing_input_is_one_line(tmp_path):

@@ -1,11 +1,13 @@
 """Token shards: exact round trips through ShardWriter/meta/load_split, corruption detection, atomic writes."""
 import errno
 import hashlib
+import os
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from gptkit import files
+from gptkit import files, shards
 from gptkit.errors import UsageError
 from gptkit.files import atomic_write
 from gptkit.shards import META_FILE, ShardWriter, is_prepared, load_split, read_meta, token_dtype, write_meta
@@ -167,4 +169,49 @@ def test_interrupted_shard_writer_leaves_no_partial_shard(tmp_path, monkeypatch)
     monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError):
         writer.add(list(range(15)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discard_drops_the_shard_being_written_and_keeps_the_finished_ones(tmp_path):
+    writer = ShardWriter(tmp_path, "train", np.uint16, 10)
+    writer.add(list(range(15)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".train_00001.bin.tmp{os.getpid()}", "train_00000.bin"]
+    writer.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["train_00000.bin"]
+
+
+def test_memory_does_not_grow_with_the_shard_size(tmp_path):
+    """Ids stream to the shard's file as they come: a writer of 4-billion-token shards holds no shard-sized buffer."""
+    tracemalloc.start()
+    try:
+        writer = ShardWriter(tmp_path, "train", np.uint32, 4_000_000_000)
+        for start in range(0, 1_000_000, 100_000):
+            writer.add(np.arange(start, start + 100_000, dtype=np.uint32))
+        shards = writer.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000  # about one 0.4 MB batch, not 16 GB
+    assert shards[0]["tokens"] == 1_000_000
+    assert np.array_equal(np.fromfile(tmp_path / "train_00000.bin", dtype=np.uint32), np.arange(1_000_000))
+
+
+def test_a_full_disk_while_streaming_a_shard_is_a_usage_error_that_leaves_no_file(tmp_path, monkeypatch):
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    writer = ShardWriter(tmp_path, "train", np.uint16, 10)
+    monkeypatch.setattr(shards, "open", FullDisk, raising=False)
+    with pytest.raises(UsageError, match="out of disk space while writing .*train_00000.bin"):
+        writer.add(list(range(5)))
     assert list(tmp_path.iterdir()) == []

@@ -1,11 +1,13 @@
 """Tokenizers: lossless round trips in any script, reserved special tokens, serialisation, and clear errors."""
 import pytest
+import regex
 import tiktoken
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gptkit import tokenizer
 from gptkit.errors import UsageError
-from gptkit.tokenizer import END_OF_TEXT, SPECIAL_TOKENS, Tokenizer, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer
+from gptkit.tokenizer import END_OF_TEXT, SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, byte_tokenizer, gpt2_tokenizer, train_bpe_tokenizer, word_aligned_pieces
 from helpers import SAMPLES
 
 
@@ -110,6 +112,41 @@ def test_lone_surrogate_is_a_usage_error(tok):
         tok.encode("abc\ud800def")
     with pytest.raises(UsageError):
         tok.encode_batch(["fine", "bad \ud800"])
+
+
+def test_encode_array_gives_the_ids_encode_gives(tok):
+    for text in [*SAMPLES.values(), "", "x <|endoftext|> <|bos|> y"]:  # special-token spellings stay plain text
+        array = tok.encode_array(text)
+        assert array.dtype == "uint32" and array.tolist() == tok.encode(text)
+    with pytest.raises(UsageError, match="not valid Unicode at position 4"):
+        tok.encode_array("bad \ud800")
+
+
+def test_bpe_training_refuses_a_lone_surrogate_in_one_line(corpus_text):
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        train_bpe_tokenizer(iter([corpus_text, "bad \ud800"]), 300)
+
+
+LINE_PARTS = ["x", "Ab", "  ", "\t", "\r", "\n", "\n\n", "!?", "123", "'s", "你好", "\u2028", "\x85", "\xa0", "\x1c", "é"]
+
+
+@given(parts=st.lists(st.sampled_from(LINE_PARTS), max_size=80), size=st.integers(1, 12))
+def test_word_aligned_pieces_hold_exactly_the_words_of_the_whole_text(parts, size):
+    """Where BPE training cuts a document, the split pattern finds the same words as in the whole document."""
+    text = "".join(parts)
+    pieces = list(word_aligned_pieces(text, size))
+    assert "".join(pieces) == text
+    pattern = regex.compile(SPLIT_PATTERN)
+    assert [w for piece in pieces for w in pattern.findall(piece)] == pattern.findall(text)
+
+
+def test_bpe_trained_on_cut_documents_learns_the_same_merges(corpus_text, monkeypatch):
+    whole = train_bpe_tokenizer(iter([corpus_text] * 3), 400)
+    monkeypatch.setattr(tokenizer, "BPE_PIECE_CHARS", 100)
+    monkeypatch.setattr(tokenizer, "BPE_BUFFER_TEXTS", 4)
+    assert len(list(word_aligned_pieces(corpus_text, 100))) > 100
+    cut = train_bpe_tokenizer(iter([corpus_text] * 3), 400)
+    assert cut.encoding._mergeable_ranks == whole.encoding._mergeable_ranks
 
 
 def test_encode_batch_matches_encode(tok):
