@@ -45,6 +45,8 @@ class BenchConfig:
     window: int = option(128, "tokens per window (at most the model's context)")
     rows: int = option(128, "rows of input of the prompt-sized matrix products")
     repeats: int = option(5, "passes over the matrix products; the median is reported")
+    matmul_layers: int = option(len(GPT2_SMALL_LINEARS), "how many of GPT-2 small's linear layers the speed part multiplies (all 49: its 12 "
+                                "blocks' 4 and the output layer; fewer, the first of the blocks', for a quick run)", bounds=f"[1, {len(GPT2_SMALL_LINEARS)}]")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed of the random weights and of where the windows start")
 
@@ -52,9 +54,10 @@ class BenchConfig:
 def matmul_speed(cfg):
     """Median seconds of one pass over GPT-2 small's block matrices, per weight format and number of input rows."""
     torch.manual_seed(cfg.seed)
-    print(f"matrix products of GPT-2 small's 12 blocks and output layer ({sum(o * i for o, i in GPT2_SMALL_LINEARS) / 1e6:.1f}M weights), "
-          f"median of {cfg.repeats} passes:")
-    weights32 = [torch.randn(o, i) * 0.02 for o, i in GPT2_SMALL_LINEARS]
+    shapes = GPT2_SMALL_LINEARS[:cfg.matmul_layers]
+    what = "12 blocks and output layer" if len(shapes) == len(GPT2_SMALL_LINEARS) else f"first {len(shapes)} linear layers"
+    print(f"matrix products of GPT-2 small's {what} ({sum(o * i for o, i in shapes) / 1e6:.1f}M weights), median of {cfg.repeats} passes:")
+    weights32 = [torch.randn(o, i) * 0.02 for o, i in shapes]
     formats = {"float32": (torch.float32, False), "float32 T": (torch.float32, True),  # T: stored transposed (gptkit/precision.py)
                "bfloat16": (torch.bfloat16, False), "float16": (torch.float16, False)}
     times = {}

@@ -87,7 +87,7 @@ def test_generate_bench_reports_a_failed_compile_instead_of_crashing(tmp_path, m
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # what inductor calls to build its CPU kernels
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing cached from an earlier compile
     result = run_script("bench/generate.py", *TINY_GPT2, "--prompt_tokens=8", "--new_tokens=4", "--compile=true", "--dtypes=float32",
-                        "--transformers=false", "--chat_turns=0")
+                        "--transformers=false", "--llamacpp=false", "--chat_turns=0")
     assert result.returncode == 0, result.stderr
     assert "ours, float32, compiled:     compile: failed (" in result.stdout
     assert figure(result.stdout, "ours, float32:", r"decode\s+([\d.]+) tokens/s") > 0

@@ -122,6 +122,7 @@ def test_a_rank_that_fails_mid_run_ends_the_job_instead_of_hanging_it(tmp_path, 
     assert "IsADirectoryError" in stderr or "Is a directory" in stderr
 
 
+@pytest.mark.slow  # two short training runs (22 s); the DDP path itself is tested above
 def test_ddp_overhead_bench_compares_the_two_runs(tmp_path, data_dir):
     replaced = ("--out_dir", "--max_iters", "--eval_interval", "--log_interval", "--sample_tokens")
     args = [a for a in tiny_args(data_dir, tmp_path / "unused") if not a.startswith(replaced)]

@@ -174,10 +174,11 @@ def test_precision_bench_reports_speed_and_quality(checkpoint, tmp_path, corpus_
     text = tmp_path / "text.txt"
     text.write_text(corpus_text[:3000], encoding="utf-8")
     result = run_script("bench/precision.py", f"--ckpt={checkpoint}", f"--data={text}", "--windows=2", "--window=16", "--rows=4",
-                        "--repeats=1", "--threads=1")
+                        "--repeats=1", "--threads=1", "--matmul_layers=4")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("machine: ") and "against float32, 1 row: float32 T " in out and "against float32, 4 rows: " in out
+    assert "GPT-2 small's first 4 linear layers (7.1M weights)" in out and ", int8 " in out
     lines = [line for line in out.splitlines() if " path:" in line]
     assert [line.split()[0] + " " + line.split()[1] for line in lines] == [
         f"{d} {p}" for d in ("float32", "bfloat16", "float16", "mixed", "int8") for p in ("prompt", "decode")]
