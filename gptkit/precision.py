@@ -10,8 +10,8 @@
   cost in quality is measured by bench/precision.py.
 - auto: bfloat16 on CUDA; float32 on MPS; on a CPU, the fastest of float32, mixed and int8 for a decode step of this
   model's weight shapes, measured once on this machine (about a second) and remembered, the more exact one unless a
-  less exact one is at least 10% faster. Models small enough for the CPU's caches (under 4M linear weights) are bound
-  by Python, not memory, and stay float32.
+  less exact one is at least 10% faster. Models small enough for the CPU's caches (under 8M linear weights, 32 MB in
+  float32) stay float32: their steps are bound by Python more than by memory, and exactness is worth the rest.
 
 Converting is for generation only: a converted model is not trained or saved.
 """
@@ -34,7 +34,7 @@ from gptkit.weight_formats import HalfWeightLinear, Int8WeightLinear, replace_li
 DTYPES = ("auto", "float32", "bfloat16", "float16", "mixed", "int8")
 HELP = "auto: the fastest of float32, mixed and int8 measured on this CPU, bfloat16 on CUDA; mixed: 16-bit weights; int8: 8-bit weights"
 AUTO_CANDIDATES = ("float32", "mixed", "int8")  # most exact first
-SMALL_MODEL_WEIGHTS = 4_000_000  # below this the weights stay in the caches and a step is bound by Python: no gain to measure
+SMALL_MODEL_WEIGHTS = 8_000_000  # below this (32 MB in float32) the weights stay in a server CPU's cache: float32, exact
 MEASURED_WEIGHTS = 48_000_000  # measure over at most this many weights: past a 32 MB cache even in int8, and about a second
 LESS_EXACT_GAIN = 0.9  # a less exact precision must take at most this share of the more exact one's time to be picked
 CACHE_FILE = "auto_precision.json"

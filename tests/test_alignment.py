@@ -269,6 +269,7 @@ def test_align_py_makes_judged_pairs_and_evaluates_a_policy(tmp_path, sft, files
     assert bare.returncode == 2 and "give one command" in bare.stderr
 
 
+@pytest.mark.slow  # 19 s of CI's 15 minutes; align.py's commands and their errors are tested above
 def test_align_py_scores_conversations_and_runs_rounds(tmp_path, sft, reward_model, files, monkeypatch):
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": r["prompt"] + [{"role": "assistant", "content": reply}]}
                                                    for r in make_prompts(3, seed=1) for reply in (r["answer"], f"Sure! {r['answer']}")])

@@ -134,7 +134,7 @@ def fuzz_case(context, data):
     check_outcome(run_command(script, args, out), script, args, out)
 
 
-@settings(max_examples=6)  # each example starts a script; the slow test tries hundreds
+@settings(max_examples=3)  # each example starts a script; the slow test tries hundreds
 @given(data=st.data())
 def test_bad_option_values_quick_sample(context, data):
     fuzz_case(context, data)

@@ -272,6 +272,7 @@ def test_fine_tuning_for_chat_from_a_hf_folder_lowers_the_loss(tmp_path, hf_dir)
     assert load_checkpoint(out / LAST)["chat_tuned"] is True
 
 
+@pytest.mark.slow  # 10 s of CI's 15 minutes; the loading of a Hugging Face folder is tested above, in process
 def test_sample_and_chat_take_a_hf_folder(hf_dir):
     folder, _ = hf_dir
     sampled = run_script("sample.py", f"--ckpt={folder}", "--prompt=the cat ", "--max_new_tokens=20", "--device=cpu", "--seed=1")

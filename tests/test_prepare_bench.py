@@ -2,6 +2,8 @@
 ends with, and nothing left behind; a disk too small is one line before any work."""
 import re
 
+import pytest
+
 from helpers import run_script
 from test_cli import assert_one_line_error
 
@@ -32,6 +34,7 @@ def test_prepare_bench_reports_speed_memory_and_the_tiktoken_ratio_for_each_size
     assert list(tmp_path.iterdir()) == []  # the corpus and the prepared folder are removed
 
 
+@pytest.mark.slow  # a third prepare run for CI's 15 minutes; --keep only skips the cleanup
 def test_prepare_bench_keeps_its_folder_when_asked(tmp_path):
     result = run_script("bench/prepare.py", "--gb=0.001", f"--work_dir={tmp_path}", "--keep=true", *TINY, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -240,6 +240,7 @@ def test_the_model_builds_for_every_layer_count():
         GPT(GPTConfig(n_layer=n_layer, n_head=2, n_embd=16, block_size=16, vocab_size=32, window=2, attn_pattern="L"))
 
 
+@pytest.mark.slow  # 8 s of CI's 15 minutes; the patterns it compares are tested above
 def test_the_benchmark_prints_quality_speed_memory_and_chat_and_its_final_line(tmp_path, data_dir):
     tiny = ["--n_layer=4", "--n_head=2", "--n_embd=32", f"--data_dir={data_dir}", "--tokenizer=bytes", "--eval_tokens=512", "--device=cpu",
             "--window=16", "--runs=LG:8", f"--work_dir={tmp_path}", "--quality_context=48", "--quality_steps=2", "--quality_batch=2",
