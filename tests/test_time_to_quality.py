@@ -1,9 +1,12 @@
 """bench/time_to_quality.py on a tiny corpus: the split, the curve, and the final line it promises."""
 import re
 
+import pytest
+
 from helpers import make_corpus, run_script
 
 
+@pytest.mark.slow  # 12 s of CI's 15 minutes: a training run and an evaluation through the bench
 def test_time_to_quality_prints_the_curve_and_the_first_time_under_the_target(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_corpus(3000), encoding="utf-8")
