@@ -54,6 +54,11 @@ def atomic_path(path):
         os.close(dir_fd)
 
 
+def user_cache_folder():
+    """gptkit's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache): what is measured or built once per machine."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptkit"
+
+
 def clean_temporaries(folder):
     """Delete what interrupted writes left in `folder` (.NAME.tmpPID, .last.pt.linkPID) when that process is gone; returns how many."""
     removed = 0

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gptkit.files import atomic_path
+from gptkit.files import atomic_path, user_cache_folder
 from gptkit.machine import cpu_flags
 
 SOURCE = Path(__file__).with_name("kernels") / "int8_matvec.c"
@@ -25,7 +25,12 @@ K_MULTIPLE = 32  # the kernel reads rows 32 weights at a time: layers whose inpu
 
 
 def cache_folder():
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptkit" / "kernels"
+    return user_cache_folder() / "kernels"
+
+
+def c_compiler():
+    """$CC, else cc or gcc on PATH; None when there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def why_not_buildable():
@@ -36,7 +41,7 @@ def why_not_buildable():
         return "this CPU has no AVX2 and FMA"
     if not SOURCE.is_file():
         return f"{SOURCE} is missing"
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if not c_compiler():
         return "no C compiler (cc) on PATH"
     return None
 
@@ -63,7 +68,7 @@ def int8_matvec():
 
 def built_library():
     """The kernel's shared library, compiled now unless an identical build is cached."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = c_compiler()
     source = SOURCE.read_bytes()
     tag = hashlib.sha1(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:12]
     path = cache_folder() / f"int8_matvec-{tag}.so"

@@ -17,17 +17,15 @@ Converting is for generation only: a converted model is not trained or saved.
 """
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from gptkit import native
-from gptkit.files import atomic_write
+from gptkit.files import atomic_write, user_cache_folder
 from gptkit.machine import cpu_name
 from gptkit.weight_formats import HalfWeightLinear, Int8WeightLinear, replace_linears, transposed_linears
 
@@ -85,7 +83,7 @@ def for_generation(model, name, device):
 # --- auto on a CPU: measured --------------------------------------------------------------------------------------
 
 def cache_path():
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptkit" / CACHE_FILE
+    return user_cache_folder() / CACHE_FILE
 
 
 def measured_cpu_precision(shapes):

@@ -153,15 +153,9 @@ def jsonl_file_records(path):
         with open(path, "rb") as f:
             for line_number, raw in enumerate(f, 1):
                 line = raw.decode("utf-8", errors="replace")
-                if "\ufffd" in line:
-                    replaced += max(0, line.count("\ufffd") - raw.count("\ufffd".encode()))  # characters that stand for invalid bytes
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
-                yield line_number, record
+                replaced += invalid_bytes_replaced(line, raw)
+                if line.strip():
+                    yield line_number, parsed_line(path, line_number, line)
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     if replaced:
@@ -174,7 +168,7 @@ def decode_text(path):
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     text = data.decode("utf-8", errors="replace")
-    replaced = max(0, text.count("\ufffd") - data.count("\ufffd".encode()))  # characters that stand for invalid bytes
+    replaced = invalid_bytes_replaced(text, data)
     if data and (replaced + data.count(0)) / len(data) > BINARY_SHARE:
         raise UsageError(f"{path} looks binary, not text ({replaced + data.count(0):,} of its {len(data):,} bytes are not UTF-8 text); "
                          "remove it from the inputs")
@@ -183,15 +177,24 @@ def decode_text(path):
     return text
 
 
+def invalid_bytes_replaced(text, data):
+    """How many U+FFFD in `text` stand for invalid bytes of `data` (its source) rather than for U+FFFD written there."""
+    return max(0, text.count("\ufffd") - data.count("\ufffd".encode())) if "\ufffd" in text else 0
+
+
+def parsed_line(path, line_number, line):
+    """One JSONL line's object; a line that is not JSON is an error naming it."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
+
+
 def jsonl_records(path, text):
     """(line number, parsed object) for each non-blank line of a JSONL text; a bad line is an error naming it."""
     for line_number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield line_number, json.loads(line)
-        except ValueError:
-            raise UsageError(f"{path}:{line_number} is not valid JSON; fix the line or remove it") from None
+        if line.strip():
+            yield line_number, parsed_line(path, line_number, line)
 
 
 def load_dataset(name, split="train", streaming=False):
