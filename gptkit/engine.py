@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from gptkit.model import KVCache
+from gptkit.native_decode import NativeStep
 from gptkit.options import check_values, option
 
 # -- sampling options and filters -----------------------------------------------------------------------------------------
@@ -97,6 +98,7 @@ class Engine:
         self.cached_ids = []
         self.last_prefill = {"reused": 0, "prefilled": 0}
         self._compiled_decode = torch.compile(self._decode_at, dynamic=True) if compile else None
+        self.native = None if compile else NativeStep.build(model, self.cache)  # an int8 model's step in one native call
 
     @torch.no_grad()
     def prefill(self, ids):
@@ -121,11 +123,13 @@ class Engine:
     @torch.no_grad()
     def decode_step(self, token_id):
         """One token in, the next logits (1, V) out."""
-        idx = torch.tensor([[token_id]], device=self.device)
-        if self._compiled_decode is not None:
-            logits = self._compiled_decode(idx, self.cache.pos)
+        if self.native is not None:
+            logits = self.native.step(token_id, self.cache.pos)
+            self.cache.pos += 1
+        elif self._compiled_decode is not None:
+            logits = self._compiled_decode(torch.tensor([[token_id]], device=self.device), self.cache.pos)
         else:
-            logits = self.model(idx, kv_cache=self.cache)[:, -1, :]
+            logits = self.model(torch.tensor([[token_id]], device=self.device), kv_cache=self.cache)[:, -1, :]
         self.cached_ids.append(token_id)
         return logits
 

@@ -56,7 +56,7 @@ def test_the_wheel_holds_only_the_gptkit_package_and_the_top_level_files_inside_
     assert {n.split("/")[0] for n in names} == {"gptkit", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for inside in ("gptkit/model.py", "gptkit/train.py", "gptkit/sample.py", "gptkit/chat.py", "gptkit/evaluate.py", "gptkit/export.py",
                    "gptkit/data/prepare.py", "gptkit/config/default.py", "gptkit/engine.py", "gptkit/serve.py", "gptkit/web/chat.html",
-                   "gptkit/kernels/int8_matvec.c"):
+                   "gptkit/kernels/int8_matvec.c", "gptkit/kernels/decode_step.c", "gptkit/kernels/int8_matvec.h"):
         assert inside in names
 
 

@@ -11,13 +11,12 @@ from gptkit.weight_formats import Int8WeightLinear
 
 @pytest.fixture
 def fresh_kernel(monkeypatch, tmp_path):
-    """A kernel cache of this test's own, and int8_matvec() asked anew."""
+    """A kernel cache of this test's own, and the library built or loaded anew."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv(native.DISABLE_ENV, raising=False)
-    built = native.int8_matvec  # a test may replace it
-    built.cache_clear()
+    native.forget()
     yield tmp_path
-    built.cache_clear()
+    native.forget()
 
 
 def dequantized(q, x, bias):
@@ -35,7 +34,7 @@ def test_the_kernel_multiplies_one_row_as_the_widened_weights_do(fresh_kernel, b
     q = Int8WeightLinear(linear)
     x = torch.randn(1, 1, k)
     y = q(x)
-    assert native.int8_matvec() is not None and list(fresh_kernel.glob("gptkit/kernels/int8_matvec-*.so"))
+    assert native.int8_matvec() is not None and list(fresh_kernel.glob("gptkit/kernels/gptkit-kernels-*.so"))
     expected = dequantized(q, x, linear.bias)
     assert y.shape == (1, 1, n) and y.dtype == torch.float32
     assert torch.allclose(y, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())  # the same products, summed in another order
@@ -60,7 +59,7 @@ def test_the_kernel_can_be_turned_off_and_widths_it_cannot_read_use_torch(fresh_
     assert native.why_not_buildable() == f"{native.DISABLE_ENV}=1" and native.int8_matvec() is None
     assert "note:" not in capfd.readouterr().err  # asked for: nothing to say
     monkeypatch.delenv(native.DISABLE_ENV)
-    native.int8_matvec.cache_clear()
+    native.forget()
     monkeypatch.setattr(native, "int8_matvec", lambda: pytest.fail("a width of 40 is not a multiple of 32"))
     q = Int8WeightLinear(nn.Linear(40, 8))
     assert q(torch.randn(1, 40)).shape == (1, 8)
