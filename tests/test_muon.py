@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gptkit.muon import Muon, orthogonalize
+from gptkit.muon import Muon, orthogonalize, orthogonalized
 
 COEFFICIENTS = (3.4445, -4.775, 2.0315)
 
@@ -43,3 +43,11 @@ def test_on_a_cpu_the_update_is_orthogonalized_in_float32():
     expected = before - 0.1 * 2.0 * orthogonalize(update, COEFFICIENTS, 5, 1e-7, torch.float32)  # lr scaled by sqrt(64 / 16)
     torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
     assert not torch.allclose(p.detach(), before - 0.2 * orthogonalize(update, COEFFICIENTS, 5, 1e-7, torch.bfloat16).float(), rtol=0, atol=1e-6)
+
+
+def test_same_shaped_updates_are_orthogonalized_together_as_each_alone():
+    torch.manual_seed(2)
+    updates = [torch.randn(96, 32), torch.randn(32, 32), torch.randn(96, 32), torch.randn(32, 80), torch.randn(96, 32)]
+    together = orthogonalized(updates, COEFFICIENTS, 5, 1e-7, torch.float32)
+    for update, result in zip(updates, together, strict=True):
+        torch.testing.assert_close(result, orthogonalize(update, COEFFICIENTS, 5, 1e-7, torch.float32), rtol=0, atol=1e-6)

@@ -9,9 +9,6 @@
 #include <math.h>
 #include <string.h>
 #include "int8_matvec.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 typedef struct {  /* an Int8WeightLinear: y = scale * (w x) + bias, w (n, k) int8 */
     const int8_t *w;
@@ -39,17 +36,7 @@ typedef struct {
 } Model;
 
 static void run_rows(const Linear *l, const float *x, float *y, int act, int accumulate, int threads) {
-    #pragma omp parallel num_threads(threads)
-    {
-        int64_t t = 0, count = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        count = omp_get_num_threads();
-#endif
-        /* chunks of 8 rows, so an activation works on whole vectors */
-        int64_t chunk = ((l->n + count - 1) / count + 7) / 8 * 8, n0 = t * chunk, n1 = n0 + chunk < l->n ? n0 + chunk : l->n;
-        if (n0 < n1) int8_rows(l->w, l->scale, l->bias, x, l->k, n0, n1, y, act, accumulate);
-    }
+    int8_matvec_fused(l->w, l->scale, l->bias, x, l->k, l->n, y, act, accumulate, threads);
 }
 
 static void normalize(const float *x, float *out, int64_t n, const float *w, const float *b, int rms, double eps) {

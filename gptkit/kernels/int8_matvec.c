@@ -68,7 +68,7 @@ static void activate(float *y, int64_t n, int act) {
     }
 }
 
-void int8_rows(const int8_t *w, const float *scale, const float *bias, const float *x, int64_t k_len, int64_t n0,
+static void int8_rows(const int8_t *w, const float *scale, const float *bias, const float *x, int64_t k_len, int64_t n0,
                int64_t n1, float *y, int act, int accumulate) {
     for (int64_t n = n0; n < n1; n++) {
         const int8_t *row = w + n * k_len;
@@ -87,9 +87,8 @@ void int8_rows(const int8_t *w, const float *scale, const float *bias, const flo
     if (act != ACT_NONE) activate(y + n0, n1 - n0, act);
 }
 
-/* The rows split evenly over `threads` OpenMP threads. */
-void int8_matvec(const int8_t *w, const float *scale, const float *bias, const float *x, int64_t k_len, int64_t n_len, float *y,
-                 int threads) {
+void int8_matvec_fused(const int8_t *w, const float *scale, const float *bias, const float *x, int64_t k_len, int64_t n_len,
+                       float *y, int act, int accumulate, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         int64_t t = 0, count = 1;
@@ -97,7 +96,13 @@ void int8_matvec(const int8_t *w, const float *scale, const float *bias, const f
         t = omp_get_thread_num();
         count = omp_get_num_threads();
 #endif
-        int64_t chunk = (n_len + count - 1) / count, n0 = t * chunk, n1 = n0 + chunk < n_len ? n0 + chunk : n_len;
-        if (n0 < n1) int8_rows(w, scale, bias, x, k_len, n0, n1, y, ACT_NONE, 0);
+        /* chunks of whole 8-row vectors, for the activation */
+        int64_t chunk = ((n_len + count - 1) / count + 7) / 8 * 8, n0 = t * chunk, n1 = n0 + chunk < n_len ? n0 + chunk : n_len;
+        if (n0 < n1) int8_rows(w, scale, bias, x, k_len, n0, n1, y, act, accumulate);
     }
+}
+
+void int8_matvec(const int8_t *w, const float *scale, const float *bias, const float *x, int64_t k_len, int64_t n_len, float *y,
+                 int threads) {
+    int8_matvec_fused(w, scale, bias, x, k_len, n_len, y, ACT_NONE, 0, threads);
 }
