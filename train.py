@@ -57,8 +57,11 @@ def run_training(cfg, dist, device):
     use_bf16, autocast = autocast_for(cfg.dtype, device)
     print(f"data: {objective.summary}")
     print(f"model: {describe(config)}, {run.n_params / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
+    parallel = f", {dist.mode} over {dist.world_size} processes" if dist.active else ""
+    if dist.split == "rows":
+        parallel += " (each with its share of every micro-batch)"
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
-          f"{objective.describe_batch(cfg)}, {cfg.optimizer}{f', {dist.mode} over {dist.world_size} processes' if dist.active else ''}")
+          f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
 

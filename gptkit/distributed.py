@@ -4,8 +4,10 @@ DDP or FSDP2 wrapping, activation checkpointing, rank helpers, and full (consoli
 train.py calls this in a few places; model.py knows nothing about distribution. Run alone (`python train.py`), every
 helper here is a no-op: no process group is created and nothing changes.
 
-Data: every rank draws the same global batch from one shared RNG and keeps its own micro-batches, so W processes see
-exactly the batches one process would with the same global batch (batch_size x grad_accum sequences per step).
+Data: every rank draws the same global batch from one shared RNG and keeps its own share, so W processes see exactly
+the batches one process would with the same global batch (batch_size x grad_accum sequences per step): whole
+micro-batches when grad_accum is a multiple of W, else the rows of every micro-batch (`batch_split`). So the defaults
+(grad_accum=1) run under torchrun as they are, as nanochat and torchtitan derive each device's share from a global batch.
 """
 import functools
 import os
@@ -42,8 +44,9 @@ def resolve_parallel(parallel):
 class Distributed:
     """This process among the job's: rank, world size, and the parallelism in use ("none", "ddp" or "fsdp")."""
 
-    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0):
+    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0, split="batches"):
         self.mode, self.rank, self.world_size, self.local_rank = mode, rank, world_size, local_rank
+        self.split = split  # how the ranks share a step's micro-batches: "batches" or "rows" (batch_split)
         self._stdout = None
 
     @property
@@ -63,11 +66,7 @@ class Distributed:
         if mode == "none":
             return cls(), device
         rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-        if cfg.grad_accum % world_size:
-            raise UsageError(f"--grad_accum={cfg.grad_accum} must be a multiple of the {world_size} processes (the global batch is "
-                             f"batch_size x grad_accum sequences); e.g. --grad_accum={world_size * max(1, cfg.grad_accum // world_size)}")
-        if mode == "fsdp" and cfg.optimizer == "muon":
-            raise UsageError("--optimizer=muon does not work on FSDP's sharded parameters; use --optimizer=adamw with --parallel=fsdp, or --parallel=ddp")
+        split = batch_split(cfg, world_size)
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -78,7 +77,7 @@ class Distributed:
             raise UsageError(f"--parallel={mode} runs on CUDA (nccl) or the CPU (gloo), not on --device={device}")
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT,
                                 **({"device_id": torch.device(device)} if backend == "nccl" else {}))
-        self = cls(mode, rank, world_size, local_rank)
+        self = cls(mode, rank, world_size, local_rank, split)
         if not self.is_main:  # only rank 0 prints; errors still reach stderr
             self._stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
         return self, device
@@ -175,8 +174,12 @@ class Distributed:
 
     # -- data ----------------------------------------------------------------------------------------------------
 
+    def micro_steps(self, grad_accum):
+        """The micro-batches this rank runs in a step."""
+        return grad_accum // self.world_size if self.split == "batches" else grad_accum
+
     def train_batches(self, batches):
-        return RankBatches(batches, self.rank, self.world_size) if self.active else batches
+        return RankBatches(batches, self.rank, self.world_size, self.split == "rows") if self.active else batches
 
     def eval_batches(self, batches):
         """This rank's share of the validation batches (batch i goes to rank i mod W); every rank runs the same number of
@@ -228,14 +231,31 @@ class Distributed:
             set_optimizer_state_dict(model, opt, _named(state, _names(model, opt)), options=options)
 
 
-class RankBatches:
-    """Every rank draws the whole global micro-batch sequence from the shared sampler and keeps every W-th one, so the
-    batches of a step are those a single process would train on; the sampler's state is the same on every rank."""
+def batch_split(cfg, world_size):
+    """How world_size processes share a step's batch_size x grad_accum sequences: "batches" (each rank runs grad_accum / W
+    whole micro-batches) when grad_accum is a multiple of W, else "rows" (each rank runs every micro-batch's batch_size / W
+    rows); a UsageError when neither divides evenly."""
+    if cfg.grad_accum % world_size == 0:
+        return "batches"
+    if cfg.batch_size % world_size == 0 and cfg.objective not in ("ppo", "grpo"):  # a rollout's prompts are drawn per micro-batch
+        return "rows"
+    grow = "--grad_accum" if cfg.objective in ("ppo", "grpo") else "--grad_accum or --batch_size"
+    raise UsageError(f"a global batch of --batch_size={cfg.batch_size} x --grad_accum={cfg.grad_accum} sequences cannot be shared "
+                     f"evenly by {world_size} processes: make {grow} a multiple of {world_size}, "
+                     f"e.g. --grad_accum={world_size * max(1, cfg.grad_accum // world_size)}")
 
-    def __init__(self, batches, rank, world_size):
-        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+class RankBatches:
+    """Every rank draws the whole global micro-batch sequence from the shared sampler and keeps its share (every W-th
+    micro-batch, or with `rows` its 1/W of every micro-batch's rows), so the batches of a step are those a single
+    process would train on; the sampler's state is the same on every rank."""
+
+    def __init__(self, batches, rank, world_size, rows=False):
+        self.batches, self.rank, self.world_size, self.rows = batches, rank, world_size, rows
 
     def next_batch(self):
+        if self.rows:
+            return rank_rows(self.batches.next_batch(), self.rank, self.world_size)
         drawn = [self.batches.next_batch() for _ in range(self.world_size)]
         return drawn[self.rank]
 
@@ -244,6 +264,14 @@ class RankBatches:
 
     def load_state_dict(self, state):
         self.batches.load_state_dict(state)
+
+
+def rank_rows(batch, rank, world_size):
+    """Rank `rank`'s contiguous 1/world_size of a batch's rows: of each array of an (x, y) batch, or of a list of indices."""
+    if isinstance(batch, tuple):
+        return tuple(rank_rows(part, rank, world_size) for part in batch)
+    share = len(batch) // world_size
+    return batch[rank * share:(rank + 1) * share]
 
 
 def checkpoint_activations(model):

@@ -48,7 +48,7 @@ def lr_multiplier(step, cfg):
 def train_step(train_model, model, optimizers, objective, batches, cfg, step, device, autocast, spikes, dist=Distributed()):
     """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, why it was skipped or None).
 
-    With W processes each runs grad_accum / W of the micro-batches, gradients are averaged across them on the last one,
+    With W processes each runs its share of the micro-batches (dist.micro_steps), gradients are averaged across them on the last one,
     and the loss and token count returned are the global ones, the same on every rank.
     A step whose loss or gradient is not finite, whose loss is a spike, or whose update would make a weight non-finite
     changes no weight and no optimizer state.
@@ -58,7 +58,7 @@ def train_step(train_model, model, optimizers, objective, batches, cfg, step, de
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
     loss_sum, tokens = 0.0, 0
-    micro_steps = cfg.grad_accum // dist.world_size
+    micro_steps = dist.micro_steps(cfg.grad_accum)
     for i in range(micro_steps):
         batch = batches.next_batch()
         with dist.grad_sync(train_model, i == micro_steps - 1):

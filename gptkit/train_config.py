@@ -74,7 +74,10 @@ class TrainConfig:
     # optimisation
     optimizer: str = option("adamw", "adamw for everything, or muon for the hidden matrices (AdamW for the rest)", ("adamw", "muon"))
     batch_size: int = option(16, "sequences per micro-batch", bounds="[1, 1048576]")
-    grad_accum: int = option(1, "micro-batches per optimizer step", bounds="[1, 1048576]")
+    grad_accum: int = option(1, "micro-batches per optimizer step (the global batch is batch_size x grad_accum sequences, however "
+                                "many processes share it)", bounds="[1, 1048576]")
+    batch_tokens: int = option(0, "the global batch in tokens per step, instead of --grad_accum: grad_accum becomes "
+                                  "batch_tokens / (batch_size x block_size) (0: off)", bounds="[0, 1099511627776]")
     max_iters: int = option(2000, "optimizer steps", bounds="[0, 1000000000]")
     lr: float = option(1e-3, "peak AdamW learning rate", bounds="[0, 1e6]")
     muon_lr: float = option(0.02, "peak Muon learning rate (with --optimizer=muon)", bounds="[0, 1e6]")
@@ -115,6 +118,18 @@ def check_config(cfg):
     """Each option's choices and bounds (declared beside it above), then the rules that tie options together."""
     check_values(cfg)
     check_output(cfg.out_dir, "out_dir", folder=True)
+    if cfg.batch_tokens:
+        cfg.grad_accum = accumulation_for(cfg.batch_tokens, cfg.batch_size, cfg.block_size)
+
+
+def accumulation_for(batch_tokens, batch_size, block_size):
+    """The micro-batches of batch_size x block_size tokens that make a global batch of batch_tokens."""
+    micro = batch_size * block_size
+    if batch_tokens % micro:
+        lower, higher = max(1, batch_tokens // micro) * micro, (batch_tokens // micro + 1) * micro
+        raise UsageError(f"--batch_tokens={batch_tokens:,} is not a whole number of micro-batches of --batch_size={batch_size} x "
+                         f"--block_size={block_size} = {micro:,} tokens; use --batch_tokens={lower} or {higher}")
+    return batch_tokens // micro
 
 
 AUTO_PATTERN, AUTO_WINDOW, AUTO_FROM_CONTEXT = "LLLG", 256, 2048  # bench/sparse_attention.py's measurements, docs/performance.md

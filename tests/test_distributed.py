@@ -47,12 +47,16 @@ def assert_same_weights(got, expected, atol=1e-5):
         torch.testing.assert_close(got[name], tensor, atol=atol, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("parallel, optimizer", [("ddp", "muon"), ("fsdp", "adamw")])
-def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path, data_dir, parallel, optimizer):
+@pytest.mark.parametrize("parallel, optimizer, grad_accum", [
+    ("ddp", "muon", 2),  # each rank runs one of the two micro-batches
+    ("fsdp", "adamw", 2),
+    ("fsdp", "muon", 1),  # one micro-batch, each rank its half of the rows; Muon orthogonalizes whole matrices
+])
+def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path, data_dir, parallel, optimizer, grad_accum):
     one = tmp_path / "one"
-    train(tiny_run(one, data_dir, batch_size=4, grad_accum=2, max_iters=12, eval_interval=6, optimizer=optimizer))
+    train(tiny_run(one, data_dir, batch_size=4, grad_accum=grad_accum, max_iters=12, eval_interval=6, optimizer=optimizer))
     two = tmp_path / "two"
-    code, stdout, stderr = finish(torchrun(tiny_args(data_dir, two, parallel=parallel, optimizer=optimizer,
+    code, stdout, stderr = finish(torchrun(tiny_args(data_dir, two, parallel=parallel, optimizer=optimizer, grad_accum=grad_accum,
                                                      activation_checkpointing=parallel == "fsdp")))
     assert code == 0, stderr[-2000:]
     assert f"{parallel} over 2 processes" in stdout and stdout.count("training on cpu") == 1  # rank 1 stays quiet
@@ -108,11 +112,10 @@ def test_a_stopped_two_process_run_resumes_exactly(tmp_path, data_dir):
 
 
 def test_options_that_cannot_work_fail_every_rank_in_one_line(tmp_path, data_dir):
-    code, _, stderr = finish(torchrun(tiny_args(data_dir, tmp_path / "out", grad_accum=3)), timeout=60)
+    code, _, stderr = finish(torchrun(tiny_args(data_dir, tmp_path / "out", grad_accum=3, batch_size=3)), timeout=60)
     assert code != 0
-    assert "error: --grad_accum=3 must be a multiple of the 2 processes" in stderr and 'train.py", line' not in stderr  # no worker traceback
-    code, _, stderr = finish(torchrun(tiny_args(data_dir, tmp_path / "out", parallel="fsdp", optimizer="muon")), timeout=60)
-    assert code != 0 and "error: --optimizer=muon does not work on FSDP" in stderr
+    assert "error: a global batch of --batch_size=3 x --grad_accum=3 sequences cannot be shared evenly by 2 processes" in stderr
+    assert 'train.py", line' not in stderr  # no worker traceback
 
 
 def test_a_rank_that_fails_mid_run_ends_the_job_instead_of_hanging_it(tmp_path, data_dir):
@@ -134,3 +137,38 @@ def test_ddp_overhead_bench_compares_the_two_runs(tmp_path, data_dir):
     overhead = float(result.stdout.split("ddp overhead: ")[1].split("%")[0])
     assert -100 < overhead < 100
     assert (tmp_path / "bench" / "ddp" / "last.pt").is_file()
+
+
+def test_a_global_batch_is_shared_by_micro_batches_or_by_rows_and_refused_in_one_line_otherwise(tmp_path):
+    import numpy as np
+
+    from gptkit.distributed import RankBatches, batch_split
+    from gptkit.errors import UsageError
+    from gptkit.train_config import TrainConfig, accumulation_for, check_config
+
+    assert batch_split(TrainConfig(batch_size=32, grad_accum=4), 4) == "batches"
+    assert batch_split(TrainConfig(batch_size=32, grad_accum=1), 4) == "rows"  # the defaults under torchrun
+    with pytest.raises(UsageError, match="cannot be shared evenly by 4 processes: make --grad_accum or --batch_size a multiple of 4"):
+        batch_split(TrainConfig(batch_size=6, grad_accum=1), 4)
+    with pytest.raises(UsageError, match="make --grad_accum a multiple of 2"):
+        batch_split(TrainConfig(batch_size=8, grad_accum=1, objective="grpo"), 2)
+
+    class Counting:  # a sampler whose batches say which draw they are
+        def __init__(self):
+            self.drawn = 0
+
+        def next_batch(self):
+            self.drawn += 1
+            return np.arange(8)[:, None] + 100 * self.drawn, np.arange(8)[:, None]
+
+    shares = [RankBatches(Counting(), rank, 4, rows=True).next_batch() for rank in range(4)]
+    assert np.concatenate([x for x, _ in shares]).ravel().tolist() == list(range(100, 108))  # the one draw, split in order
+    assert [len(y) for _, y in shares] == [2, 2, 2, 2]
+    assert RankBatches(Counting(), 1, 2).next_batch()[0][0, 0] == 200  # whole micro-batches: rank 1 keeps the second draw
+
+    assert accumulation_for(524288, 16, 1024) == 32
+    cfg = TrainConfig(out_dir=str(tmp_path / "out"), batch_tokens=8192, batch_size=32, block_size=128)
+    check_config(cfg)
+    assert cfg.grad_accum == 2
+    with pytest.raises(UsageError, match=r"--batch_tokens=5,000 is not a whole number of micro-batches .* 4,096 tokens; use --batch_tokens=4096 or 8192"):
+        accumulation_for(5000, 32, 128)
