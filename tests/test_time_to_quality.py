@@ -27,3 +27,13 @@ def test_time_to_quality_prints_the_curve_and_the_first_time_under_the_target(tm
     unreachable = run_script("bench/time_to_quality.py", "--target=0.01", *args)
     final_wall = float(re.findall(r"^\s+([\d.]+) s\s+step\s+8\s", unreachable.stdout, re.M)[0])
     assert unreachable.stdout.strip().splitlines()[-1].endswith(f"wall_s={final_wall:.1f}")  # never reached: the final evaluation
+
+
+def test_the_three_minute_config_parses_and_trains_a_bpe_model_on_shakespeares_split():
+    from gptkit.options import parse_options
+    from gptkit.train_config import TrainConfig, check_values
+
+    cfg = parse_options(TrainConfig, ["config/shakespeare_2min.py"], description="")
+    check_values(cfg)
+    assert (cfg.tokenizer, cfg.vocab_size, cfg.n_layer, cfg.batch_size, cfg.weight_decay) == ("bpe", 1024, 3, 16, 0.3)
+    assert cfg.eval_tokens == 0 and cfg.sample_tokens == 0  # every validation token scored; no sample in the timed run
