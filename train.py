@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gptkit import memory_estimate
 from gptkit.checkpoint import BEST, EVAL_FIELDS, LAST, load_checkpoint, make_checkpoint, save_rotating, write_checkpoint
 from gptkit.devices import autocast_for, pick_device
 from gptkit.distributed import Distributed, checkpoint_activations, launched_world_size
@@ -62,6 +63,10 @@ def run_training(cfg, dist, device):
         parallel += " (each with its share of every micro-batch)"
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
           f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
+    if objective.name in ("next_token", "chat_sft"):  # sequences of up to block_size tokens (preferences and rollouts differ)
+        rows = cfg.batch_size // (dist.world_size if dist.split == "rows" else 1)
+        shards = dist.world_size if dist.mode == "fsdp" else 1
+        print(memory_estimate.describe(memory_estimate.estimate(run.model, config, cfg, shards, rows), rows, config.block_size))
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
 
