@@ -64,9 +64,9 @@ def run_training(cfg, dist, device):
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
           f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
     if objective.name in ("next_token", "chat_sft"):  # sequences of up to block_size tokens (preferences and rollouts differ)
-        rows = cfg.batch_size // (dist.world_size if dist.split == "rows" else 1)
-        shards = dist.world_size if dist.mode == "fsdp" else 1
-        print(memory_estimate.describe(memory_estimate.estimate(run.model, config, cfg, shards, rows), rows, config.block_size))
+        rows = dist.micro_batch_rows(cfg.batch_size)
+        parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, dist.shards, rows)
+        print(memory_estimate.describe(parts, rows, config.block_size))
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
 

@@ -178,6 +178,15 @@ class Distributed:
         """The micro-batches this rank runs in a step."""
         return grad_accum // self.world_size if self.split == "batches" else grad_accum
 
+    def micro_batch_rows(self, batch_size):
+        """The sequences of each micro-batch this rank runs."""
+        return batch_size if self.split == "batches" else batch_size // self.world_size
+
+    @property
+    def shards(self):
+        """Into how many parts the weights, gradients and optimizer state are split: W under FSDP, else 1."""
+        return self.world_size if self.mode == "fsdp" else 1
+
     def train_batches(self, batches):
         return RankBatches(batches, self.rank, self.world_size, self.split == "rows") if self.active else batches
 

@@ -13,9 +13,10 @@ from gptkit.model import GPT
 ADAM_STATES, MUON_STATES = 2, 1  # float32 tensors per parameter: AdamW's two moments, Muon's momentum
 
 
-def saved_bytes(config, rows):
-    """Bytes autograd keeps from a forward of `rows` sequences of block_size tokens (with targets), weights excluded."""
-    with torch.device("meta"):
+def saved_bytes(config, rows, device="meta"):
+    """Bytes autograd keeps from a forward of `rows` sequences of block_size tokens (with targets), weights excluded;
+    on the meta device by default (shapes only), or on a real one (what the tests compare it with)."""
+    with torch.device(device):
         model = GPT(config)
     weights = {p.untyped_storage()._cdata for p in model.parameters()}
     kept = {}
@@ -26,7 +27,7 @@ def saved_bytes(config, rows):
             kept[storage._cdata] = storage.nbytes()  # views of one tensor counted once
         return tensor
 
-    ids = torch.zeros(rows, config.block_size, dtype=torch.long, device="meta")
+    ids = torch.zeros(rows, config.block_size, dtype=torch.long, device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(ids, ids)
     return sum(kept.values())
@@ -47,18 +48,16 @@ def _with_layers(config, n_layer):
     return type(config)(**{**vars(config), "n_layer": n_layer, "attn_pattern": config.attn_pattern[:n_layer]})
 
 
-def estimate(model, config, cfg, shards, rows):
-    """{part: bytes} per device: `shards` 1, or W under FSDP; `rows` the sequences of a micro-batch on this device."""
+def estimate(model, optimizers, config, checkpointing, shards, rows):
+    """{part: bytes} per device: `shards` 1, or W under FSDP; `rows` the sequences of a micro-batch on this device.
+    The optimizer state counts what each of `optimizers` keeps per parameter it holds."""
     params = [p for p in model.parameters() if p.requires_grad]
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    grad_bytes = sum(p.numel() * p.element_size() for p in params)
-    if cfg.optimizer == "muon":  # the blocks' matrices (optim.make_optimizers), the rest AdamW
-        muon = sum(p.numel() * 4 for name, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and name.startswith("transformer.h."))
-        optimizer_bytes = MUON_STATES * muon + ADAM_STATES * (sum(p.numel() * 4 for p in params) - muon)
-    else:
-        optimizer_bytes = ADAM_STATES * sum(p.numel() * 4 for p in params)
-    return {"weights": weight_bytes / shards, "gradients": grad_bytes / shards, "optimizer": optimizer_bytes / shards,
-            "activations": activation_bytes(config, rows, cfg.activation_checkpointing)}
+    optimizer_bytes = sum((MUON_STATES if isinstance(opt, torch.optim.Muon) else ADAM_STATES) * p.numel() * 4
+                          for opt in optimizers for group in opt.param_groups for p in group["params"])
+    return {"weights": sum(p.numel() * p.element_size() for p in model.parameters()) / shards,
+            "gradients": sum(p.numel() * p.element_size() for p in params) / shards,
+            "optimizer": optimizer_bytes / shards,
+            "activations": activation_bytes(config, rows, checkpointing)}
 
 
 def describe(parts, rows, block_size):

@@ -52,8 +52,7 @@ def orthogonalized(updates, coefficients, steps, eps, dtype):
 class Muon(torch.optim.Muon):
     @torch.no_grad()
     def step(self, closure=None):
-        params = [p for group in self.param_groups for p in group["params"]]
-        if all(p.device.type != "cpu" and not is_sharded(p) for p in params):
+        if all(p.device.type != "cpu" and not is_sharded(p) for group in self.param_groups for p in group["params"]):
             return super().step(closure)  # torch's own on a GPU
         loss = None
         if closure is not None:
