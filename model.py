@@ -296,16 +296,18 @@ def ring_attention(q, k, v, cache, layer, window):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
-        self.layer, self.n_head, self.qk_norm = layer, config.n_head, config.qk_norm
+        self.layer, self.head_size, self.qk_norm = layer, config.n_embd // config.n_head, config.qk_norm
         self.window = config.layer_window(layer)  # 0: a global layer
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x, rope, kv_cache):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        B, T, _ = x.shape
+        # Heads counted from the projection's width, not the config: under tensor parallelism a rank computes only its
+        # share of them (gptkit/tensor_parallel.py), with its queries, keys and values in that order.
+        q, k, v = self.c_attn(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, -1, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:
@@ -327,7 +329,7 @@ class CausalSelfAttention(nn.Module):
             else:
                 mask = band_mask(T, past, self.window if past + T > self.window else 0, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, C), or this rank's C / tp
         return self.c_proj(y)
 
 

@@ -30,6 +30,7 @@ from gptkit.plotting import plot_curves
 from gptkit.run_state import RunState, seed_everything
 from gptkit.signals import StopSignals, TrainingStopped
 from gptkit.spike_guard import SpikeGuard
+from gptkit.tensor_parallel import check_layout
 from gptkit.train_config import TrainConfig, check_config, describe, fine_tune_config, model_config
 
 
@@ -54,18 +55,22 @@ def run_training(cfg, dist, device):
     config = fine_tune_config(cfg, init) if init else model_config(cfg, objective.tokenizer.n_vocab)
     if objective.score_head:  # a reward model: the fine-tuned model plus a score head
         config = replace(config, score_head=True)
+    if reason := check_layout(config, cfg.tp):  # on every rank, before any collective
+        raise UsageError(reason)
     run = set_up(cfg, dist, device, config, init, objective)
     use_bf16, autocast = autocast_for(cfg.dtype, device)
     print(f"data: {objective.summary}")
     print(f"model: {describe(config)}, {run.n_params / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
     parallel = f", {dist.mode} over {dist.world_size} processes" if dist.active else ""
+    if dist.tp > 1:
+        parallel = f", {dist.world_size} processes: tensor parallel {dist.tp} x {dist.mode} {dist.data_ranks}"
     if dist.split == "rows":
         parallel += " (each with its share of every micro-batch)"
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
           f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
     if objective.name in ("next_token", "chat_sft"):  # sequences of up to block_size tokens (preferences and rollouts differ)
         rows = dist.micro_batch_rows(cfg.batch_size)
-        parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, dist.shards, rows)
+        parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, rows, dist.tp)
         print(memory_estimate.describe(parts, rows, config.block_size))
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
@@ -274,7 +279,7 @@ def write_card(cfg, run, dist, latest):
 def finish(cfg, run, dist, device):
     """On rank 0: the training curves, then the objective's report (a sample, or the chat accuracy); returns the model."""
     model = run.model
-    if dist.mode == "fsdp":  # generation below runs on rank 0 alone: a plain model with the gathered weights
+    if dist.sharded:  # generation below runs on rank 0 alone: a plain model with the gathered weights
         weights = dist.full_weights(model)
         model = GPT(run.config).to(device) if dist.is_main else None
         if model is not None:

@@ -1,19 +1,25 @@
-"""Training on several processes, composed around the plain model: torchrun's environment, the process group,
-DDP or FSDP2 wrapping, activation checkpointing, rank helpers, and full (consolidated) state dicts for checkpoints.
+"""Training on several processes, composed around the plain model: torchrun's environment, the process group and
+device mesh, tensor parallelism (gptkit/tensor_parallel.py), DDP or FSDP2 over the data-parallel ranks, activation
+checkpointing, rank helpers, and full (consolidated) state dicts for checkpoints.
+
+Layout: W processes form a (dp, tp) mesh, W = dp x tp. The tp ranks of a data-parallel group hold one copy of the model
+split between them and see the same batches; the dp groups share the global batch as below.
 
 train.py calls this in a few places; model.py knows nothing about distribution. Run alone (`python train.py`), every
 helper here is a no-op: no process group is created and nothing changes.
 
-Data: every rank draws the same global batch from one shared RNG and keeps its own share, so W processes see exactly
-the batches one process would with the same global batch (batch_size x grad_accum sequences per step): whole
-micro-batches when grad_accum is a multiple of W, else the rows of every micro-batch (`batch_split`). So the defaults
+Data: every rank draws the same global batch from one shared RNG and keeps its data-parallel group's share, so the dp
+groups see exactly the batches one process would with the same global batch (batch_size x grad_accum sequences per
+step): whole micro-batches when grad_accum is a multiple of dp, else the rows of every micro-batch (`batch_split`). So the defaults
 (grad_accum=1) run under torchrun as they are, as nanochat and torchtitan derive each device's share from a global batch.
 """
 import functools
+import logging
+import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 import torch
@@ -21,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.errors import UsageError
+from gptkit.tensor_parallel import from_stored, loss_context, parallelize, to_stored
 
 # A collective that waits longer than this (a rank died, or hangs) raises instead of blocking forever.
 TIMEOUT = timedelta(minutes=15)
@@ -42,11 +49,15 @@ def resolve_parallel(parallel):
 
 
 class Distributed:
-    """This process among the job's: rank, world size, and the parallelism in use ("none", "ddp" or "fsdp")."""
+    """This process among the job's: rank, world size, the data parallelism in use ("none", "ddp" or "fsdp"), and the
+    tensor-parallel ranks `tp` each copy of the model is split over."""
 
-    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0, split="batches"):
+    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0, split="batches", tp=1, mesh=None):
         self.mode, self.rank, self.world_size, self.local_rank = mode, rank, world_size, local_rank
-        self.split = split  # how the ranks share a step's micro-batches: "batches" or "rows" (batch_split)
+        self.split = split  # how the data-parallel groups share a step's micro-batches: "batches" or "rows" (batch_split)
+        self.tp, self.mesh = tp, mesh  # mesh: the (dp, tp) DeviceMesh when tp > 1
+        self.data_ranks = world_size // tp  # dp: copies of the model, each fed its share of the batch
+        self.data_rank = mesh.get_local_rank("dp") if mesh is not None else rank
         self._stdout = None
 
     @property
@@ -64,9 +75,15 @@ class Distributed:
         """Start the process group when --parallel asks for one; returns (Distributed, the device this rank uses)."""
         mode = resolve_parallel(cfg.parallel)
         if mode == "none":
+            if cfg.tp > 1:
+                raise UsageError(f"--tp={cfg.tp} splits the model across processes: run it under torchrun "
+                                 f"(torchrun --standalone --nproc_per_node={cfg.tp} train.py --tp={cfg.tp} ...)")
             return cls(), device
         rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-        split = batch_split(cfg, world_size)
+        if world_size % cfg.tp:
+            raise UsageError(f"--tp={cfg.tp} does not divide the {world_size} processes torchrun started: start a multiple of "
+                             f"{cfg.tp} (--nproc_per_node x --nnodes), or change --tp")
+        split = batch_split(cfg, world_size // cfg.tp)
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -77,7 +94,15 @@ class Distributed:
             raise UsageError(f"--parallel={mode} runs on CUDA (nccl) or the CPU (gloo), not on --device={device}")
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT,
                                 **({"device_id": torch.device(device)} if backend == "nccl" else {}))
-        self = cls(mode, rank, world_size, local_rank, split)
+        mesh = None
+        if cfg.tp > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            # Gathering a (dp, tp)-split tensor whole (Muon, checkpoints) is correct; torch warns that it takes two steps
+            logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+
+            mesh = init_device_mesh(device.split(":")[0], (world_size // cfg.tp, cfg.tp), mesh_dim_names=("dp", "tp"))
+        self = cls(mode, rank, world_size, local_rank, split, cfg.tp, mesh)
         if not self.is_main:  # only rank 0 prints; errors still reach stderr
             self._stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
         return self, device
@@ -101,48 +126,85 @@ class Distributed:
 
     # -- the model ----------------------------------------------------------------------------------------------
 
+    @property
+    def sharded(self):
+        """Whether the model's parameters are DTensors split across ranks (FSDP, tensor parallel, or both)."""
+        return self.mode == "fsdp" or self.tp > 1
+
     def shard(self, model):
-        """FSDP2: shard each transformer block, then the root (in place; the optimizer is built afterwards)."""
+        """Split the model in place (the optimizer is built afterwards): tensor parallel over the tp ranks first, then
+        FSDP2 over the data-parallel ones, each transformer block and then the root."""
+        if self.tp > 1:
+            parallelize(model, self.mesh["tp"])
         if self.mode == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
+            data_mesh = self.mesh["dp"] if self.mesh is not None else None
             for block in model.transformer.h:
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, mesh=data_mesh)
+            fully_shard(model, mesh=data_mesh)
         return model
 
     def wrap(self, model, compile=False, find_unused=False):
         """(the module to train through, the module to evaluate with): compiled and, for DDP, wrapped (find_unused: some
         parameters get no gradient, as a reward model's output layer)."""
         core = torch.compile(model) if compile else model
-        if self.mode == "ddp":
+        if self.mode == "ddp" and self.tp == 1:  # with tp, micro_step averages the gradients over the dp ranks itself
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
             return DistributedDataParallel(core, device_ids=device_ids, find_unused_parameters=find_unused), core  # evaluation needs no gradient sync
         return core, core
 
-    def grad_sync(self, train_model, sync):
-        """Context for one micro-step's backward: gradients are reduced across ranks only when `sync` (the last one)."""
-        if self.mode == "ddp" and not sync:
-            return train_model.no_sync()
+    @contextmanager
+    def micro_step(self, train_model, sync):
+        """Context for one micro-step's forward and backward: gradients are reduced across the data-parallel ranks only
+        when `sync` (the last one); under tensor parallelism the loss is computed on vocabulary-split logits."""
         if self.mode == "fsdp":
             train_model.set_requires_gradient_sync(sync)
-        return nullcontext()
+        quiet = train_model.no_sync() if self.mode == "ddp" and self.tp == 1 and not sync else nullcontext()
+        with quiet, loss_context(self.tp):
+            yield
+        if self.mode == "ddp" and self.tp > 1 and sync and self.data_ranks > 1:
+            self._average_over_data_ranks(train_model)
+
+    def _average_over_data_ranks(self, model):
+        group = self.mesh.get_group("dp")
+        for p in model.parameters():
+            if p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                dist.all_reduce(grad, group=group)
+                grad /= self.data_ranks
+
+    def evaluation(self):
+        """Context for scoring: the loss of vocabulary-split logits under tensor parallelism."""
+        return loss_context(self.tp)
+
+    def clip_gradients(self, model, max_norm):
+        """Scale the gradients down to a total norm of at most max_norm; returns the norm before, a float, the same on
+        every rank."""
+        if self.tp == 1:
+            return self.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)).item()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = math.sqrt(_squared_norm(grads))  # torch's clip_grad_norm_ refuses a mix of DTensors and plain tensors
+        if norm > max_norm:
+            for grad in grads:
+                grad.mul_(max_norm / (norm + 1e-6))
+        return norm
 
     @staticmethod
     def full_value(x):
-        """A plain tensor from what clip_grad_norm_ returns (a DTensor under FSDP)."""
+        """A plain tensor from a DTensor (what clip_grad_norm_ returns under FSDP, a loss under tensor parallelism)."""
         return x.full_tensor() if hasattr(x, "full_tensor") else x
 
     # -- numbers and flags across ranks -----------------------------------------------------------------------
 
     def sum(self, *values):
-        """Each value summed over the ranks (unchanged when alone)."""
+        """Each value summed over the data-parallel ranks (unchanged when alone): the tp ranks of a group hold the same."""
         if not self.active:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=self.mesh.get_group("dp") if self.mesh is not None else None)
         return tuple(t.tolist())
 
     def any(self, flag):
@@ -176,19 +238,14 @@ class Distributed:
 
     def micro_steps(self, grad_accum):
         """The micro-batches this rank runs in a step."""
-        return grad_accum // self.world_size if self.split == "batches" else grad_accum
+        return grad_accum // self.data_ranks if self.split == "batches" else grad_accum
 
     def micro_batch_rows(self, batch_size):
         """The sequences of each micro-batch this rank runs."""
-        return batch_size if self.split == "batches" else batch_size // self.world_size
-
-    @property
-    def shards(self):
-        """Into how many parts the weights, gradients and optimizer state are split: W under FSDP, else 1."""
-        return self.world_size if self.mode == "fsdp" else 1
+        return batch_size if self.split == "batches" else batch_size // self.data_ranks
 
     def train_batches(self, batches):
-        return RankBatches(batches, self.rank, self.world_size, self.split == "rows") if self.active else batches
+        return RankBatches(batches, self.data_rank, self.data_ranks, self.split == "rows") if self.active else batches
 
     def eval_batches(self, batches):
         """This rank's share of the validation batches (batch i goes to rank i mod W); every rank runs the same number of
@@ -200,11 +257,11 @@ class Distributed:
         last = None
         for i, batch in enumerate(batches):
             total += 1
-            if i % self.world_size == self.rank:
+            if i % self.data_ranks == self.data_rank:
                 mine += 1
                 yield batch
             last = batch
-        for _ in range(-(-total // self.world_size) - mine):
+        for _ in range(-(-total // self.data_ranks) - mine):
             yield last[0], last[1] * 0 - 1
 
     # -- state dicts -----------------------------------------------------------------------------------------------
@@ -212,22 +269,30 @@ class Distributed:
     def full_state(self, model, optimizers):
         """(model state dict, [optimizer state dicts]) in the single-process format, complete on rank 0 (None elsewhere).
 
-        Every rank must call it: under FSDP it gathers the shards (to the CPU)."""
-        if self.mode != "fsdp":
+        Every rank must call it: under FSDP or tensor parallelism it gathers the shards (to the CPU)."""
+        if not self.sharded:
             return (model.state_dict(), [o.state_dict() for o in optimizers]) if self.is_main else (None, None)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(model, options=options)
         states = [get_optimizer_state_dict(model, o, options=options) for o in optimizers]  # complete on rank 0 only
-        return (weights, [_indexed(state, _names(model, o)) for state, o in zip(states, optimizers)]) if self.is_main else (None, None)
+        if not self.is_main:
+            return None, None
+        states = [{**state, "state": {name: self._stored(values, name) for name, values in state["state"].items()}} for state in states]
+        return self._stored(weights), [_indexed(state, _names(model, o)) for state, o in zip(states, optimizers)]
+
+    def _stored(self, tensors, name=None, convert=to_stored):
+        """A whole state dict ({name: tensor}, or one parameter's optimizer state with `name`) in the checkpoint's order
+        (convert=from_stored: in the tensor-parallel model's)."""
+        return {key: convert(name or key, tensor, self.tp) for key, tensor in tensors.items()}
 
     def full_weights(self, model):
         return self.full_state(model, [])[0]
 
     def load_state(self, model, optimizers, weights, optimizer_states):
-        """Load a full (single-process format) state into the model and optimizers, sharding it under FSDP."""
-        if self.mode != "fsdp":
+        """Load a full (single-process format) state into the model and optimizers, split as they are."""
+        if not self.sharded:
             model.load_state_dict(weights)
             for opt, state in zip(optimizers, optimizer_states):
                 opt.load_state_dict(state)
@@ -235,9 +300,11 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(model, weights, options=options)
+        set_model_state_dict(model, self._stored(weights, convert=from_stored), options=options)
         for opt, state in zip(optimizers, optimizer_states):
-            set_optimizer_state_dict(model, opt, _named(state, _names(model, opt)), options=options)
+            state = _named(state, _names(model, opt))
+            state["state"] = {name: self._stored(values, name, from_stored) for name, values in state["state"].items()}
+            set_optimizer_state_dict(model, opt, state, options=options)
 
 
 def batch_split(cfg, world_size):
@@ -296,6 +363,28 @@ def checkpoint_activations(model):
 
         block.forward = functools.update_wrapper(checkpointed, forward)
     return model
+
+
+def _squared_norm(grads):
+    """The sum of squares of every entry of the whole gradients, from this rank's shares: a DTensor's local squares are
+    summed over the mesh dimensions it is split along (not those it is replicated on); a plain tensor is the same
+    on every rank."""
+    sums = {}  # (mesh, split dimensions) -> this rank's sum of squares of such gradients
+    for grad in grads:
+        if hasattr(grad, "to_local"):
+            key = (grad.device_mesh, tuple(d for d, placement in enumerate(grad.placements) if not placement.is_replicate()))  # FSDP's _StridedShard too
+            local = grad.to_local()
+        else:
+            key, local = None, grad
+        sums[key] = sums.get(key, 0.0) + local.float().square().sum()
+    total = 0.0
+    for key, squares in sums.items():  # the same keys in the same order on every rank: parameters come in one order
+        if key is not None:
+            mesh, dims = key
+            for d in dims:
+                dist.all_reduce(squares, group=mesh.get_group(d))
+        total += squares.item()
+    return total
 
 
 def _names(model, optimizer):

@@ -31,8 +31,8 @@ def evaluate(model, batches, byte_lengths, device, autocast, dist=Distributed())
     nats = tokens = text_nats = text_bytes = 0.0
     for x, y in batches:
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast:
-            losses = model(x, y, reduction="none").view(y.shape)
+        with autocast, dist.evaluation():
+            losses = dist.full_value(model(x, y, reduction="none")).view(y.shape)
         scored = y >= 0
         n_bytes = byte_lengths[y.clamp(min=0)] * scored
         nats += losses.sum().item()  # 0 where not scored

@@ -48,7 +48,7 @@ def lr_multiplier(step, cfg):
 def train_step(train_model, model, optimizers, objective, batches, cfg, step, device, autocast, spikes, dist=Distributed()):
     """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, input tokens, why it was skipped or None).
 
-    With W processes each runs its share of the micro-batches (dist.micro_steps), gradients are averaged across them on the last one,
+    With W processes each data-parallel rank runs its share of the micro-batches (dist.micro_steps), gradients are averaged across them on the last one,
     and the loss and token count returned are the global ones, the same on every rank.
     A step whose loss or gradient is not finite, whose loss is a spike, or whose update would make a weight non-finite
     changes no weight and no optimizer state.
@@ -61,18 +61,17 @@ def train_step(train_model, model, optimizers, objective, batches, cfg, step, de
     micro_steps = dist.micro_steps(cfg.grad_accum)
     for i in range(micro_steps):
         batch = batches.next_batch()
-        with dist.grad_sync(train_model, i == micro_steps - 1):
+        with dist.micro_step(train_model, i == micro_steps - 1):
             with autocast:
                 loss, n = objective.loss(train_model, batch, device)
                 loss = loss / micro_steps
             loss.backward()
-        loss_sum += loss.item()
+        loss_sum += dist.full_value(loss.detach()).item()
         tokens += n
     if dist.active:
         loss_sum, tokens = dist.sum(loss_sum, tokens)
-        loss_sum, tokens = loss_sum / dist.world_size, int(tokens)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    grad_norm = dist.full_value(grad_norm).item()
+        loss_sum, tokens = loss_sum / dist.data_ranks, int(tokens)
+    grad_norm = dist.clip_gradients(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     skipped = None
     if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
         skipped = f"a non-finite loss ({loss_sum:.4g}) or gradient norm ({grad_norm:.4g})"

@@ -260,7 +260,7 @@ class PPO(RLObjective):
         advantages = gae(rewards, values, mask, self.cfg.gae_lambda)
         returns = advantages + values
         value_loss = self.train_critic(batch, values, returns, mask)
-        kl_per_reply = self.dist.sum(kl.sum(1).mean().item())[0] / self.dist.world_size  # the same on every rank
+        kl_per_reply = self.dist.sum(kl.sum(1).mean().item())[0] / self.dist.data_ranks  # the same on every rank
         if self.cfg.target_kl:  # proportional controller (Ziegler et al. 2019): move kl_coef by at most 10% per round
             self.kl_coef *= 1 + 0.1 * max(-1.0, min(1.0, kl_per_reply / self.cfg.target_kl - 1))
         advantages = whiten(advantages, mask)

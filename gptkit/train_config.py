@@ -104,6 +104,8 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     parallel: str = option("auto", "several processes (under torchrun): auto (ddp when torchrun starts more than one), "
                                    "ddp (DistributedDataParallel) or fsdp (FSDP2, parameters sharded)", ("auto", "ddp", "fsdp"))
+    tp: int = option(1, "tensor parallel: split each copy of the model across this many processes (of one node, under torchrun); "
+                            "the rest are data parallel (--parallel)", bounds="[1, 4096]")
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, more compute")
     threads: int = option(0, "CPU threads for torch (0: torch's default)", bounds="[0, 4096]")
     seed: int = option(1337, "random seed", bounds="[0, 4294967295]")
@@ -120,6 +122,9 @@ def check_config(cfg):
     check_output(cfg.out_dir, "out_dir", folder=True)
     if cfg.batch_tokens:
         cfg.grad_accum = accumulation_for(cfg.batch_tokens, cfg.batch_size, cfg.block_size)
+    if cfg.tp > 1 and cfg.objective not in ("auto", "next_token", "chat_sft"):
+        raise UsageError(f"--tp={cfg.tp} trains with --objective next_token or chat_sft; --objective={cfg.objective} scores whole "
+                         "vocabularies or samples replies on every process: use --parallel=ddp or fsdp without --tp")
 
 
 def accumulation_for(batch_tokens, batch_size, block_size):
