@@ -30,6 +30,7 @@ def figure(stdout, line_start, pattern):
     ("bench/generate.py", ["--prompt_tokens=", "--new_tokens=", "--compile=", "--size=", "--repeats=", "--dtypes=", "--hf_dtypes=", "--chat_dtype=",
                            "--threads=", "--chat_turns=", "--llamacpp_types="]),
     ("bench/train_throughput.py", ["--preset=", "--size=", "--block_size=", "--batch_size=", "--max_batch=", "--compile=", "--data_dir=", "--n_layer="]),
+    ("bench/parallel.py", ["--steps=", "--layouts=", "--presets=", "--work_dir="]),
 ])
 def test_help_lists_the_options(script, options):
     result = run_script(script, "--help")
