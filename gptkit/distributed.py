@@ -166,15 +166,7 @@ class Distributed:
         with quiet, loss_context(self.tp):
             yield
         if self.mode == "ddp" and self.tp > 1 and sync and self.data_ranks > 1:
-            self._average_over_data_ranks(train_model)
-
-    def _average_over_data_ranks(self, model):
-        group = self.mesh.get_group("dp")
-        for p in model.parameters():
-            if p.grad is not None:
-                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
-                dist.all_reduce(grad, group=group)
-                grad /= self.data_ranks
+            self.average_gradients(train_model)
 
     def evaluation(self):
         """Context for scoring: the loss of vocabulary-split logits under tensor parallelism."""
@@ -204,7 +196,7 @@ class Distributed:
         if not self.active:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t, group=self.mesh.get_group("dp") if self.mesh is not None else None)
+        dist.all_reduce(t, group=self._data_group())
         return tuple(t.tolist())
 
     def any(self, flag):
@@ -216,12 +208,18 @@ class Distributed:
         return bool(t.item())
 
     def average_gradients(self, module):
-        """Every rank's gradients of `module` replaced by their mean (a module outside DDP that must step alike everywhere)."""
+        """Every data-parallel rank's gradients of `module` replaced by their mean (a module outside DDP that must step
+        alike everywhere, or a tensor-parallel model's shares: each averaged with the same share on the other dp ranks)."""
         if self.active:
             for p in module.parameters():
                 if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
+                    grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                    dist.all_reduce(grad, group=self._data_group())
+                    grad /= self.data_ranks
+
+    def _data_group(self):
+        """The process group of this rank's data-parallel peers (None: all ranks, when there is no tensor parallelism)."""
+        return self.mesh.get_group("dp") if self.mesh is not None else None
 
     def gather(self, obj):
         """Every rank's `obj` (picklable), in rank order, on every rank."""
@@ -248,7 +246,7 @@ class Distributed:
         return RankBatches(batches, self.data_rank, self.data_ranks, self.split == "rows") if self.active else batches
 
     def eval_batches(self, batches):
-        """This rank's share of the validation batches (batch i goes to rank i mod W); every rank runs the same number of
+        """This rank's share of the validation batches (batch i goes to data-parallel rank i mod dp); every rank runs the same number of
         forwards (FSDP gathers weights in each), padding with a batch whose targets are all ignored (-1: scores nothing)."""
         if not self.active:
             yield from batches

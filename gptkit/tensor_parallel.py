@@ -29,15 +29,16 @@ def qkv_order(n_embd, tp):
 def from_stored(name, tensor, tp):
     """A whole tensor of parameter `name` (or of its optimizer state) in the stored (checkpoint) order, in the order a
     tensor-parallel model keeps; anything but c_attn's weight and bias comes back unchanged."""
-    if tp == 1 or QKV not in name or not torch.is_tensor(tensor) or tensor.dim() == 0:
-        return tensor
-    return tensor[qkv_order(tensor.shape[0] // 3, tp).to(tensor.device)]
+    return tensor[qkv_order(tensor.shape[0] // 3, tp).to(tensor.device)] if _reordered(name, tensor, tp) else tensor
 
 
 def to_stored(name, tensor, tp):
-    if tp == 1 or QKV not in name or not torch.is_tensor(tensor) or tensor.dim() == 0:
-        return tensor
-    return tensor[torch.argsort(qkv_order(tensor.shape[0] // 3, tp)).to(tensor.device)]
+    return tensor[torch.argsort(qkv_order(tensor.shape[0] // 3, tp)).to(tensor.device)] if _reordered(name, tensor, tp) else tensor
+
+
+def _reordered(name, tensor, tp):
+    """Whether `tensor` (a parameter or one of its optimizer states, e.g. Adam's step count) has c_attn's rows."""
+    return tp > 1 and QKV in name and torch.is_tensor(tensor) and tensor.dim() > 0
 
 
 def check_layout(config, tp):
