@@ -360,6 +360,11 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
+def token_loss(logits, targets, reduction="mean"):
+    """Cross-entropy of (B, T, V) logits against (B, T) targets, in float32; a target of -1 is not scored."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -417,16 +422,8 @@ class GPT(nn.Module):
             positions, end = torch.arange(start, start + T, device=idx.device), start + T  # (T,)
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than the model's context of {self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
-        if self.config.pos_encoding == "learned":
-            x = x + self.transformer.wpe(positions)
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.pos_table[positions].to(x.dtype)
-        else:
-            cos, sin = self.pos_table[:, positions].to(x.dtype)  # (T, D/2) each, or (B, T, D/2)
-            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
-        x = self.transformer.drop(x)
+        x = self.embed(idx, positions)
+        rope = self.rotary(positions, x.dtype)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
@@ -439,7 +436,25 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return token_loss(logits, targets, reduction)
+
+    # The pieces of forward that a pipeline stage (gptkit/pipeline_parallel.py) runs on its own.
+
+    def embed(self, idx, positions):
+        """(B, T) token ids at `positions` -> (B, T, C): the token embeddings, plus learned or sinusoidal positions."""
+        x = self.transformer.wte(idx)
+        if self.config.pos_encoding == "learned":
+            x = x + self.transformer.wpe(positions)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[positions].to(x.dtype)
+        return self.transformer.drop(x)
+
+    def rotary(self, positions, dtype):
+        """Rope's (cos, sin) for `positions`, (T, D/2) each or (B, 1, T, D/2) for a (B, T) tensor; None without rope."""
+        if self.config.pos_encoding != "rope":
+            return None
+        cos, sin = self.pos_table[:, positions].to(dtype)
+        return (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])
 
     def num_params(self):
         """All parameters, the tied embedding counted once (as the published GPT-2 counts are)."""

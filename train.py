@@ -26,6 +26,7 @@ from gptkit.model_card import write_model_card
 from gptkit.objectives import make_objective
 from gptkit.optim import make_optimizers, train_step
 from gptkit.options import parse_options
+from gptkit.pipeline_parallel import check_pipeline
 from gptkit.plotting import plot_curves
 from gptkit.run_state import RunState, seed_everything
 from gptkit.signals import StopSignals, TrainingStopped
@@ -55,22 +56,21 @@ def run_training(cfg, dist, device):
     config = fine_tune_config(cfg, init) if init else model_config(cfg, objective.tokenizer.n_vocab)
     if objective.score_head:  # a reward model: the fine-tuned model plus a score head
         config = replace(config, score_head=True)
-    if reason := check_layout(config, cfg.tp):  # on every rank, before any collective
-        raise UsageError(reason)
+    if reason := check_layout(config, cfg.tp) or check_pipeline(config, cfg.pp, cfg.pp_schedule, dist.micro_steps(cfg.grad_accum)):
+        raise UsageError(reason)  # on every rank, before any collective
     run = set_up(cfg, dist, device, config, init, objective)
     use_bf16, autocast = autocast_for(cfg.dtype, device)
     print(f"data: {objective.summary}")
     print(f"model: {describe(config)}, {run.n_params / 1e6:.2f}M parameters{f', from {init_path}' if (init_path := init and init['path']) else ''}")
-    parallel = f", {dist.mode} over {dist.world_size} processes" if dist.active else ""
-    if dist.tp > 1:
-        parallel = f", {dist.world_size} processes: tensor parallel {dist.tp} x {dist.mode} {dist.data_ranks}"
+    parallel = dist.describe()
     if dist.split == "rows":
         parallel += " (each with its share of every micro-batch)"
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
           f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
     if objective.name in ("next_token", "chat_sft"):  # sequences of up to block_size tokens (preferences and rollouts differ)
         rows = dist.micro_batch_rows(cfg.batch_size)
-        parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, rows, dist.tp)
+        in_flight = dist.pipeline.in_flight(dist.micro_steps(cfg.grad_accum)) if dist.pipeline else 1
+        parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, rows, dist.tp, in_flight)
         print(memory_estimate.describe(parts, rows, config.block_size))
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
@@ -110,6 +110,8 @@ def set_up(cfg, dist, device, config, init, objective):
     n_params, flops_per_token = model.num_params(), model.flops_per_token()  # counted before sharding
     if cfg.activation_checkpointing:
         checkpoint_activations(model)
+    if dist.pp > 1:  # before the stages prune the model
+        dist.keep_optimizer_order(model, make_optimizers(model, cfg, device))
     dist.shard(model)
     optimizers = make_optimizers(model, cfg, device)
     state = RunState(spikes=SpikeGuard(cfg.loss_spike))

@@ -2,8 +2,9 @@
 device mesh, tensor parallelism (gptkit/tensor_parallel.py), DDP or FSDP2 over the data-parallel ranks, activation
 checkpointing, rank helpers, and full (consolidated) state dicts for checkpoints.
 
-Layout: W processes form a (dp, tp) mesh, W = dp x tp. The tp ranks of a data-parallel group hold one copy of the model
-split between them and see the same batches; the dp groups share the global batch as below.
+Layout: W processes form a (pp, dp, tp) mesh, W = pp x dp x tp. The pp x tp ranks of a data-parallel group hold one
+copy of the model split between them (its stages over pp: gptkit/pipeline_parallel.py; each stage's matrices over tp)
+and see the same batches; the dp groups share the global batch as below.
 
 train.py calls this in a few places; model.py knows nothing about distribution. Run alone (`python train.py`), every
 helper here is a no-op: no process group is created and nothing changes.
@@ -22,11 +23,13 @@ import time
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.errors import UsageError
+from gptkit.pipeline_parallel import Pipeline, PipelineForward
 from gptkit.tensor_parallel import from_stored, loss_context, parallelize, to_stored
 
 # A collective that waits longer than this (a rank died, or hangs) raises instead of blocking forever.
@@ -50,14 +53,17 @@ def resolve_parallel(parallel):
 
 class Distributed:
     """This process among the job's: rank, world size, the data parallelism in use ("none", "ddp" or "fsdp"), and the
-    tensor-parallel ranks `tp` each copy of the model is split over."""
+    pipeline stages `pp` and tensor-parallel ranks `tp` each copy of the model is split over."""
 
-    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0, split="batches", tp=1, mesh=None):
+    def __init__(self, mode="none", rank=0, world_size=1, local_rank=0, split="batches", tp=1, mesh=None, pp=1, pp_schedule="1f1b"):
         self.mode, self.rank, self.world_size, self.local_rank = mode, rank, world_size, local_rank
         self.split = split  # how the data-parallel groups share a step's micro-batches: "batches" or "rows" (batch_split)
-        self.tp, self.mesh = tp, mesh  # mesh: the (dp, tp) DeviceMesh when tp > 1
-        self.data_ranks = world_size // tp  # dp: copies of the model, each fed its share of the batch
+        self.tp, self.pp, self.pp_schedule, self.mesh = tp, pp, pp_schedule, mesh  # mesh: the (pp, dp, tp) DeviceMesh, its dims > 1 and dp
+        self.data_ranks = world_size // (tp * pp)  # dp: copies of the model, each fed its share of the batch
         self.data_rank = mesh.get_local_rank("dp") if mesh is not None else rank
+        self.pipeline = None  # this rank's stages (shard), when pp > 1
+        self._tied_pairs = None  # the process group of a tied embedding's two copies (first and last stage)
+        self.optimizer_names = None  # the whole model's parameter names of each optimizer, in order (what checkpoints index by)
         self._stdout = None
 
     @property
@@ -74,16 +80,21 @@ class Distributed:
     def setup(cls, cfg, device):
         """Start the process group when --parallel asks for one; returns (Distributed, the device this rank uses)."""
         mode = resolve_parallel(cfg.parallel)
+        split_ways = " ".join(f"--{name}={ways}" for name, ways in (("pp", cfg.pp), ("tp", cfg.tp)) if ways > 1)
+        model_ranks = cfg.tp * cfg.pp  # the processes one copy of the model is split over
         if mode == "none":
-            if cfg.tp > 1:
-                raise UsageError(f"--tp={cfg.tp} splits the model across processes: run it under torchrun "
-                                 f"(torchrun --standalone --nproc_per_node={cfg.tp} train.py --tp={cfg.tp} ...)")
+            if model_ranks > 1:
+                raise UsageError(f"{split_ways} splits the model across processes: run it under torchrun "
+                                 f"(torchrun --standalone --nproc_per_node={model_ranks} train.py {split_ways} ...)")
             return cls(), device
         rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-        if world_size % cfg.tp:
-            raise UsageError(f"--tp={cfg.tp} does not divide the {world_size} processes torchrun started: start a multiple of "
-                             f"{cfg.tp} (--nproc_per_node x --nnodes), or change --tp")
-        split = batch_split(cfg, world_size // cfg.tp)
+        if world_size % model_ranks:
+            raise UsageError(f"{split_ways} splits each copy of the model over {model_ranks} processes, which does not divide the "
+                             f"{world_size} torchrun started: start a multiple of {model_ranks} (--nproc_per_node x --nnodes), or change them")
+        if cfg.pp > 1 and mode == "fsdp":
+            raise UsageError(f"--pp={cfg.pp} composes with --parallel=ddp (or none of it: --pp x --tp processes); FSDP within "
+                             "pipeline stages is not built yet: use --parallel=ddp, or --tp with --parallel=fsdp")
+        split = batch_split(cfg, world_size // model_ranks)
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -95,14 +106,16 @@ class Distributed:
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT,
                                 **({"device_id": torch.device(device)} if backend == "nccl" else {}))
         mesh = None
-        if cfg.tp > 1:
+        if model_ranks > 1:
             from torch.distributed.device_mesh import init_device_mesh
 
             # Gathering a (dp, tp)-split tensor whole (Muon, checkpoints) is correct; torch warns that it takes two steps
             logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
 
-            mesh = init_device_mesh(device.split(":")[0], (world_size // cfg.tp, cfg.tp), mesh_dim_names=("dp", "tp"))
-        self = cls(mode, rank, world_size, local_rank, split, cfg.tp, mesh)
+            # tp innermost (a model copy's tp ranks on one node), then dp, then pp: the pipeline's stages across nodes
+            dims = [(name, ways) for name, ways in (("pp", cfg.pp), ("dp", world_size // model_ranks), ("tp", cfg.tp)) if ways > 1 or name == "dp"]
+            mesh = init_device_mesh(device.split(":")[0], tuple(ways for _, ways in dims), mesh_dim_names=tuple(name for name, _ in dims))
+        self = cls(mode, rank, world_size, local_rank, split, cfg.tp, mesh, cfg.pp, cfg.pp_schedule)
         if not self.is_main:  # only rank 0 prints; errors still reach stderr
             self._stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
         return self, device
@@ -128,14 +141,29 @@ class Distributed:
 
     @property
     def sharded(self):
-        """Whether the model's parameters are DTensors split across ranks (FSDP, tensor parallel, or both)."""
-        return self.mode == "fsdp" or self.tp > 1
+        """Whether this rank holds only part of the model: its stages (pipeline), or DTensor shares (FSDP, tensor parallel)."""
+        return self.mode == "fsdp" or self.tp > 1 or self.pp > 1
+
+    def describe(self):
+        """The layout, for the line train.py prints: ", ddp over 2 processes" (nothing when alone)."""
+        if not self.active:
+            return ""
+        if self.tp == self.pp == 1:
+            return f", {self.mode} over {self.world_size} processes"
+        splits = [f"pipeline {self.pp} ({self.pp_schedule})" if self.pp > 1 else "", f"tensor parallel {self.tp}" if self.tp > 1 else ""]
+        return f", {self.world_size} processes: {' x '.join(filter(None, splits))} x {self.mode} {self.data_ranks}"
 
     def shard(self, model):
-        """Split the model in place (the optimizer is built afterwards): tensor parallel over the tp ranks first, then
-        FSDP2 over the data-parallel ones, each transformer block and then the root."""
+        """Split the model in place (the optimizer is built afterwards): its stages kept (pipeline parallel, pruning the
+        rest), then tensor parallel over the tp ranks, then FSDP2 over the data-parallel ones, each transformer block and
+        then the root."""
+        if self.pp > 1:
+            self.pipeline = Pipeline(model, self.mesh.get_local_rank("pp"), self.pp, self.pp_schedule, self.mesh.get_group("pp"),
+                                     self._comm_device())
+            ranks = self.mesh.mesh.reshape(self.pp, -1)  # [stage rank, (dp, tp) coordinate] -> global rank
+            self._tied_pairs = dist.new_subgroups_by_enumeration([[int(ranks[0, j]), int(ranks[-1, j])] for j in range(ranks.shape[1])])[0]
         if self.tp > 1:
-            parallelize(model, self.mesh["tp"])
+            parallelize(model, self.mesh["tp"], split_logits=self.pp == 1)
         if self.mode == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
@@ -148,6 +176,10 @@ class Distributed:
     def wrap(self, model, compile=False, find_unused=False):
         """(the module to train through, the module to evaluate with): compiled and, for DDP, wrapped (find_unused: some
         parameters get no gradient, as a reward model's output layer)."""
+        if self.pipeline is not None:  # the schedule drives the stages; gradients are averaged after it (finish_gradients)
+            if compile:
+                self.pipeline.compile()
+            return self.pipeline, PipelineForward(self.pipeline)
         core = torch.compile(model) if compile else model
         if self.mode == "ddp" and self.tp == 1:  # with tp, micro_step averages the gradients over the dp ranks itself
             from torch.nn.parallel import DistributedDataParallel
@@ -170,15 +202,32 @@ class Distributed:
 
     def evaluation(self):
         """Context for scoring: the loss of vocabulary-split logits under tensor parallelism."""
-        return loss_context(self.tp)
+        return loss_context(self.tp if self.pp == 1 else 1)  # a pipeline's last stage gathers its logits
+
+    def pipeline_step(self, batches, micro_steps, device, autocast):
+        """A pipeline's forwards and backwards over this step's micro-batches, their gradients then summed between the
+        tied embedding's copies and averaged over the data-parallel ranks; returns (mean loss here, input tokens)."""
+        drawn = [batches.next_batch() for _ in range(micro_steps)]
+        x, y = (torch.from_numpy(np.concatenate([batch[i] for batch in drawn])).to(device) for i in (0, 1))
+        with autocast:
+            loss = self.pipeline.train_step(x, y, micro_steps)
+        self.pipeline.sum_tied_gradients(self._tied_pairs)
+        if self.data_ranks > 1:
+            self.average_gradients(self.pipeline.model)
+        return loss, x.numel()
 
     def clip_gradients(self, model, max_norm):
         """Scale the gradients down to a total norm of at most max_norm; returns the norm before, a float, the same on
         every rank."""
-        if self.tp == 1:
+        if self.tp == self.pp == 1:
             return self.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)).item()
+        # torch's clip_grad_norm_ refuses a mix of DTensors and plain tensors, and knows nothing of a pipeline's other stages
+        grads = [p.grad for name, p in model.named_parameters() if p.grad is not None and not (self.pipeline and self.pipeline.duplicate(name))]
+        squares = torch.tensor(_squared_norm(grads), dtype=torch.float64, device=self._comm_device())
+        if self.pp > 1:
+            dist.all_reduce(squares, group=self.mesh.get_group("pp"))
+        norm = math.sqrt(squares.item())
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = math.sqrt(_squared_norm(grads))  # torch's clip_grad_norm_ refuses a mix of DTensors and plain tensors
         if norm > max_norm:
             for grad in grads:
                 grad.mul_(max_norm / (norm + 1e-6))
@@ -267,18 +316,31 @@ class Distributed:
     def full_state(self, model, optimizers):
         """(model state dict, [optimizer state dicts]) in the single-process format, complete on rank 0 (None elsewhere).
 
-        Every rank must call it: under FSDP or tensor parallelism it gathers the shards (to the CPU)."""
+        Every rank must call it: under FSDP or tensor parallelism it gathers the shards (to the CPU), under pipeline
+        parallelism each stage's part."""
         if not self.sharded:
             return (model.state_dict(), [o.state_dict() for o in optimizers]) if self.is_main else (None, None)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        # With pipeline stages, whole tensors on every rank (rank 0 has only its stages'), gathered to rank 0 below
+        options = StateDictOptions(full_state_dict=True, cpu_offload=self.pp == 1)
         weights = get_model_state_dict(model, options=options)
-        states = [get_optimizer_state_dict(model, o, options=options) for o in optimizers]  # complete on rank 0 only
+        states = [get_optimizer_state_dict(model, o, options=options) for o in optimizers]  # name-keyed
+        names = [_names(model, o) for o in optimizers]
+        if self.pp > 1:
+            weights, states = _to_cpu(weights), _to_cpu(states)
+            speaks = self.data_rank == 0 and (self.tp == 1 or self.mesh.get_local_rank("tp") == 0)  # one rank per stage
+            parts = [None] * self.world_size if self.is_main else None
+            dist.gather_object((weights, states) if speaks else None, parts, dst=0)
+            if self.is_main:
+                parts = [part for part in parts if part is not None]
+                weights = {name: tensor for part_weights, _ in parts for name, tensor in part_weights.items()}
+                states = [_merged([part_states[i] for _, part_states in parts]) for i in range(len(optimizers))]
+                names = self.optimizer_names
         if not self.is_main:
             return None, None
         states = [{**state, "state": {name: self._stored(values, name) for name, values in state["state"].items()}} for state in states]
-        return self._stored(weights), [_indexed(state, _names(model, o)) for state, o in zip(states, optimizers)]
+        return self._stored(weights), [_indexed(state, order) for state, order in zip(states, names)]
 
     def _stored(self, tensors, name=None, convert=to_stored):
         """A whole state dict ({name: tensor}, or one parameter's optimizer state with `name`) in the checkpoint's order
@@ -288,8 +350,14 @@ class Distributed:
     def full_weights(self, model):
         return self.full_state(model, [])[0]
 
+    def keep_optimizer_order(self, model, optimizers):
+        """Note the whole model's optimizer parameter order (before pipeline stages prune it): checkpoints number the
+        optimizer states of every stage's parameters in it."""
+        self.optimizer_names = [_names(model, o) for o in optimizers]
+
     def load_state(self, model, optimizers, weights, optimizer_states):
-        """Load a full (single-process format) state into the model and optimizers, split as they are."""
+        """Load a full (single-process format) state into the model and optimizers, split as they are (pipeline stages
+        take their part)."""
         if not self.sharded:
             model.load_state_dict(weights)
             for opt, state in zip(optimizers, optimizer_states):
@@ -298,9 +366,14 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True)
+        if self.pp > 1:
+            held = model.state_dict().keys()
+            weights = {name: tensor for name, tensor in weights.items() if name in held}
         set_model_state_dict(model, self._stored(weights, convert=from_stored), options=options)
-        for opt, state in zip(optimizers, optimizer_states):
-            state = _named(state, _names(model, opt))
+        for i, (opt, state) in enumerate(zip(optimizers, optimizer_states)):
+            state = _named(state, self.optimizer_names[i] if self.pp > 1 else _names(model, opt))
+            if self.pp > 1:
+                state = _restricted(state, set(_names(model, opt)))
             state["state"] = {name: self._stored(values, name, from_stored) for name, values in state["state"].items()}
             set_optimizer_state_dict(model, opt, state, options=options)
 
@@ -395,9 +468,33 @@ def _indexed(state, names):
     """A name-keyed optimizer state dict (torch.distributed.checkpoint's) in torch's index-keyed format."""
     index = {name: i for i, name in enumerate(names)}
     return {"state": {index[k]: v for k, v in state["state"].items()},
-            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
+            "param_groups": [{**g, "params": sorted(index[k] for k in g["params"])} for g in state["param_groups"]]}
 
 
 def _named(state, names):
     return {"state": {names[k]: v for k, v in state["state"].items()},
             "param_groups": [{**g, "params": [names[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
+def _merged(states):
+    """One name-keyed optimizer state dict from those of the pipeline stages (each holding some of every group's parameters)."""
+    groups = [{**group, "params": list(dict.fromkeys(name for state in states for name in state["param_groups"][j]["params"]))}  # a tied embedding's twice
+              for j, group in enumerate(states[0]["param_groups"])]
+    return {"state": {name: values for state in states for name, values in state["state"].items()}, "param_groups": groups}
+
+
+def _restricted(state, names):
+    """A name-keyed optimizer state dict cut down to the parameters `names` (a pipeline stage's)."""
+    return {"state": {k: v for k, v in state["state"].items() if k in names},
+            "param_groups": [{**g, "params": [k for k in g["params"] if k in names]} for g in state["param_groups"]]}
+
+
+def _to_cpu(tree):
+    """Every tensor in nested dicts and lists moved to the CPU (to be pickled to rank 0)."""
+    if torch.is_tensor(tree):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_cpu(v) for v in tree)
+    return tree

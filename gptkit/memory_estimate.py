@@ -52,10 +52,11 @@ def _with_layers(config, n_layer):
     return type(config)(**{**vars(config), "n_layer": n_layer, "attn_pattern": config.attn_pattern[:n_layer]})
 
 
-def estimate(model, optimizers, config, checkpointing, rows, tp=1):
+def estimate(model, optimizers, config, checkpointing, rows, tp=1, in_flight=1):
     """{part: bytes} on this device, of `model` as split here (by FSDP, tensor parallelism: each parameter's local
-    share counts); `rows` the sequences of a micro-batch on this device, `tp` the tensor-parallel ranks. The optimizer
-    state counts what each of `optimizers` keeps per parameter it holds."""
+    share counts; pipeline stages: the blocks held); `rows` the sequences of a micro-batch on this device, `tp` the
+    tensor-parallel ranks, `in_flight` the micro-batches whose activations a pipeline schedule keeps at once. The
+    optimizer state counts what each of `optimizers` keeps per parameter it holds."""
     def local_bytes(p, per_element=None):
         local = p.to_local() if hasattr(p, "to_local") else p
         return local.numel() * (per_element or local.element_size())
@@ -66,7 +67,7 @@ def estimate(model, optimizers, config, checkpointing, rows, tp=1):
     return {"weights": sum(local_bytes(p) for p in model.parameters()),
             "gradients": sum(local_bytes(p) for p in params),
             "optimizer": optimizer_bytes,
-            "activations": activation_bytes(config, rows, checkpointing, tp)}
+            "activations": in_flight * activation_bytes(_with_layers(config, len(model.transformer.h)), rows, checkpointing, tp)}
 
 
 def describe(parts, rows, block_size):

@@ -59,7 +59,9 @@ def train_step(train_model, model, optimizers, objective, batches, cfg, step, de
             group["lr"] = group["peak_lr"] * multiplier
     loss_sum, tokens = 0.0, 0
     micro_steps = dist.micro_steps(cfg.grad_accum)
-    for i in range(micro_steps):
+    if dist.pipeline is not None:  # the schedule runs the micro-batches through the stages
+        loss_sum, tokens = dist.pipeline_step(batches, micro_steps, device, autocast)
+    for i in range(micro_steps if dist.pipeline is None else 0):
         batch = batches.next_batch()
         with dist.micro_step(train_model, i == micro_steps - 1):
             with autocast:

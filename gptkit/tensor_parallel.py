@@ -52,8 +52,10 @@ def check_layout(config, tp):
     return None
 
 
-def parallelize(model, mesh):
-    """Split `model` in place over the 1-D device mesh `mesh` (its tensor-parallel ranks); returns it."""
+def parallelize(model, mesh, split_logits=True):
+    """Split `model` in place over the 1-D device mesh `mesh` (its tensor-parallel ranks); returns it. A pipeline
+    stage's part of a model (gptkit/pipeline_parallel.py) may lack the embedding or the output layer. split_logits:
+    the logits stay split by vocabulary for `loss_context`; else they are gathered whole (a pipeline's last stage)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -65,11 +67,14 @@ def parallelize(model, mesh):
     for block in model.transformer.h:
         parallelize_module(block, mesh, {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
                                          "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()})
-    parallelize_module(model, mesh, {
-        "transformer.wte": RowwiseParallel(input_layouts=Replicate()),  # each rank looks up its vocabulary rows
-        "lm_head": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False),  # logits stay split for loss_parallel
-    })
-    if config.tie_embeddings:  # both were split by vocabulary rows alike; share the one matrix again
+    plan = {}
+    if "wte" in model.transformer:
+        plan["transformer.wte"] = RowwiseParallel(input_layouts=Replicate())  # each rank looks up its vocabulary rows
+    if hasattr(model, "lm_head"):
+        plan["lm_head"] = (ColwiseParallel(output_layouts=Shard(-1), use_local_output=False) if split_logits  # for loss_parallel
+                           else ColwiseParallel(output_layouts=Replicate()))
+    parallelize_module(model, mesh, plan)
+    if config.tie_embeddings and len(plan) == 2:  # both were split by vocabulary rows alike; share the one matrix again
         model.lm_head.weight = model.transformer.wte.weight
     return model
 

@@ -106,6 +106,11 @@ class TrainConfig:
                                    "ddp (DistributedDataParallel) or fsdp (FSDP2, parameters sharded)", ("auto", "ddp", "fsdp"))
     tp: int = option(1, "tensor parallel: split each copy of the model across this many processes (of one node, under torchrun); "
                             "the rest are data parallel (--parallel)", bounds="[1, 4096]")
+    pp: int = option(1, "pipeline parallel: split each copy of the model's blocks into this many stages on as many processes "
+                            "(under torchrun; e.g. one per node), fed the step's micro-batches (--grad_accum)", bounds="[1, 4096]")
+    pp_schedule: str = option("1f1b", "pipeline schedule: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward: "
+                                      "less memory; needs --pp micro-batches per step) or interleaved_1f1b (two stages per process)",
+                              ("gpipe", "1f1b", "interleaved_1f1b"))
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, more compute")
     threads: int = option(0, "CPU threads for torch (0: torch's default)", bounds="[0, 4096]")
     seed: int = option(1337, "random seed", bounds="[0, 4294967295]")
@@ -122,9 +127,10 @@ def check_config(cfg):
     check_output(cfg.out_dir, "out_dir", folder=True)
     if cfg.batch_tokens:
         cfg.grad_accum = accumulation_for(cfg.batch_tokens, cfg.batch_size, cfg.block_size)
-    if cfg.tp > 1 and cfg.objective not in ("auto", "next_token", "chat_sft"):
-        raise UsageError(f"--tp={cfg.tp} trains with --objective next_token or chat_sft; --objective={cfg.objective} scores whole "
-                         "vocabularies or samples replies on every process: use --parallel=ddp or fsdp without --tp")
+    split = " ".join(f"--{name}={ways}" for name, ways in (("pp", cfg.pp), ("tp", cfg.tp)) if ways > 1)
+    if split and cfg.objective not in ("auto", "next_token", "chat_sft"):
+        raise UsageError(f"{split} trains with --objective next_token or chat_sft; --objective={cfg.objective} scores whole "
+                         "vocabularies or samples replies on every process: use --parallel=ddp or fsdp without --tp or --pp")
 
 
 def accumulation_for(batch_tokens, batch_size, block_size):

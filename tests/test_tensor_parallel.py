@@ -90,7 +90,7 @@ def test_a_tensor_parallel_checkpoint_resumes_in_one_process_and_back_and_sample
 
 
 @pytest.mark.parametrize("overrides, message", [
-    pytest.param(dict(tp=3), "error: --tp=3 does not divide the 2 processes torchrun started", marks=pytest.mark.slow),
+    pytest.param(dict(tp=3), "error: --tp=3 splits each copy of the model over 3 processes, which does not divide the 2", marks=pytest.mark.slow),
     (dict(tp=2, n_head=3, n_embd=48), "error: --tp=2 splits attention by heads, and n_head=3 is not a multiple of 2"),
 ])
 def test_layouts_that_cannot_work_fail_every_rank_in_one_line(tmp_path, data_dir, overrides, message):

@@ -1,0 +1,155 @@
+"""Pipeline parallelism (gptkit/pipeline_parallel.py) through torchrun on the CPU (gloo): every schedule, alone and with
+tensor parallelism, trains the weights one process trains on the same global batch; its single-file checkpoint resumes
+in other layouts and samples in one process; a stopped run resumes exactly; layouts that cannot work fail every rank in
+one line."""
+import shutil
+import signal
+
+import pytest
+import torch
+from test_tensor_parallel import assert_same_run, memory_line_weights
+
+from gptkit.checkpoint import LAST, load_checkpoint
+from gptkit.errors import UsageError
+from gptkit.model import GPT, GPTConfig
+from gptkit.pipeline_parallel import Stage, check_pipeline, prune, stage_layers
+from helpers import run_script
+from test_distributed import assert_same_weights, finish, step_losses, tiny_args, torchrun
+from test_resilience import tiny_run, wait_for
+from train import train
+
+# Four blocks: two stages of two, or four of one (interleaved); four micro-batches per step (1F1B needs pp of them).
+MODEL = dict(n_layer=4, n_head=4, grad_accum=4, max_iters=6, eval_interval=3)
+
+
+def pp_args(data_dir, out_dir, **overrides):
+    return tiny_args(data_dir, out_dir, **{**MODEL, **overrides})
+
+
+def one_process(out_dir, data_dir, **overrides):
+    return train(tiny_run(out_dir, data_dir, **{**MODEL, "batch_size": 4, "optimizer": "adamw", "keep_last": 2, **overrides}))
+
+
+@pytest.mark.parametrize("nproc, overrides", [
+    (2, dict(preset="gpt2", pp_schedule="1f1b")),  # learned positions; tied embeddings summed between the two stages
+    (2, dict(preset="modern", pp_schedule="interleaved_1f1b", optimizer="muon")),  # four stages of one block, two per rank
+    (4, dict(preset="modern", pp_schedule="1f1b", tp=2, optimizer="muon", activation_checkpointing=True)),  # PP2 x TP2
+    pytest.param(2, dict(preset="gpt2", pp_schedule="gpipe", optimizer="muon"), marks=pytest.mark.slow),
+    pytest.param(2, dict(preset="modern", pp_schedule="gpipe", pos_encoding="sinusoidal"), marks=pytest.mark.slow),
+    pytest.param(4, dict(preset="gpt2", pp_schedule="interleaved_1f1b", tp=2), marks=pytest.mark.slow),  # tied and split by vocabulary
+    pytest.param(4, dict(preset="gpt2", pp_schedule="gpipe"), marks=pytest.mark.slow),  # PP2 x DDP2
+])
+def test_a_pipeline_layout_trains_the_weights_of_one_process(tmp_path, data_dir, nproc, overrides):
+    one = tmp_path / "one"
+    one_process(one, data_dir, **{k: v for k, v in overrides.items() if k not in ("pp_schedule", "tp")})
+    piped = tmp_path / "piped"
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, piped, pp=2, **overrides), nproc=nproc), timeout=180)
+    assert code == 0, stderr[-3000:]
+    tp = overrides.get("tp", 1)
+    layout = f"{nproc} processes: pipeline 2 ({overrides['pp_schedule']}){f' x tensor parallel {tp}' if tp > 1 else ''} x ddp {nproc // 2 // tp}"
+    assert layout in stdout and stdout.count("training on cpu") == 1
+    assert_same_run(piped, one)  # losses within 1e-5 at every step, weights within 1e-4
+    assert load_checkpoint(piped / LAST)["loader"] == load_checkpoint(one / LAST)["loader"]
+
+
+def test_a_pipeline_checkpoint_resumes_in_one_process_and_back_and_samples(tmp_path, data_dir, capsys):
+    one = tmp_path / "one"
+    one_process(one, data_dir, preset="gpt2")
+    alone = capsys.readouterr().out
+    piped = tmp_path / "piped"
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, piped, pp=2, preset="gpt2", keep_last=2)))
+    assert code == 0, stderr[-3000:]
+    assert memory_line_weights(stdout) < 0.8 * memory_line_weights(alone)  # rank 0 holds half of the blocks
+
+    # saved by a pipeline, resumed in one process: steps 4-6 as the straight run
+    to_one = tmp_path / "to_one"
+    to_one.mkdir()
+    shutil.copy(piped / "ckpt_0000003.pt", to_one / LAST)
+    one_process(to_one, data_dir, preset="gpt2")
+    assert_same_run(to_one, one)
+
+    # saved by one process, resumed by a pipeline with its optimizer states
+    to_piped = tmp_path / "to_piped"
+    to_piped.mkdir()
+    shutil.copy(one / "ckpt_0000003.pt", to_piped / LAST)
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, to_piped, pp=2, preset="gpt2", pp_schedule="gpipe")))
+    assert code == 0, stderr[-3000:]
+    assert f"resuming from {to_piped / LAST} at step 3" in stdout
+    assert_same_run(to_piped, one)
+
+    result = run_script("sample.py", f"--ckpt={piped}", "--max_new_tokens=20", "--prompt=the cat", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the cat") and len(result.stdout.strip()) > len("the cat")
+
+
+@pytest.mark.slow  # three pipeline runs, 40 s of CI's 15 minutes; stopping a two-process run is tested in test_distributed.py
+def test_a_stopped_pipeline_run_resumes_exactly(tmp_path, data_dir):
+    STEPS = 60  # enough that SIGTERM, sent once the first checkpoint is there, lands mid-run
+    args = dict(pp=2, max_iters=STEPS, eval_interval=5, eval_tokens=256)
+    straight = tmp_path / "straight"
+    code, _, stderr = finish(torchrun(pp_args(data_dir, straight, **args)), timeout=180)
+    assert code == 0, stderr[-2000:]
+
+    stopped = tmp_path / "stopped"
+    proc = torchrun(pp_args(data_dir, stopped, **args))
+    wait_for(lambda: (stopped / LAST).exists())
+    proc.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(proc)
+    assert code != 0 and stderr.count("stopped by SIGTERM") == 1, stderr[-2000:]
+    saved = load_checkpoint(stopped / LAST)["step"]
+    assert 5 <= saved < STEPS
+
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, stopped, **args)), timeout=180)
+    assert code == 0, stderr[-2000:]
+    assert f"resuming from {stopped / LAST} at step {saved}" in stdout
+    expected, got = step_losses(straight), step_losses(stopped)
+    assert [got[i] for i in range(1, STEPS + 1)] == [expected[i] for i in range(1, STEPS + 1)]  # exactly, step for step
+    assert_same_weights(load_checkpoint(stopped / LAST)["model"], load_checkpoint(straight / LAST)["model"], atol=0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(pp=2, n_layer=1), "error: --pp=2 with --pp_schedule=1f1b makes 2 stages, more than the model's n_layer=1 blocks"),
+    pytest.param(dict(pp=2, grad_accum=2, parallel="fsdp"), "error: --pp=2 composes with --parallel=ddp", marks=pytest.mark.slow),
+])
+def test_pipeline_layouts_that_cannot_work_fail_every_rank_in_one_line(tmp_path, data_dir, overrides, message):
+    code, _, stderr = finish(torchrun(tiny_args(data_dir, tmp_path / "out", **overrides)), timeout=60)
+    assert code != 0
+    assert stderr.count(message) == 2, stderr[-2000:]  # each rank says it, neither hangs
+    assert 'train.py", line' not in stderr
+
+
+def test_pp_without_torchrun_or_with_an_objective_it_cannot_split_is_refused(tmp_path, data_dir):
+    with pytest.raises(UsageError, match=r"--pp=2 splits the model across processes: run it under torchrun"):
+        train(tiny_run(tmp_path / "out", data_dir, pp=2, parallel="auto"))
+    with pytest.raises(UsageError, match=r"--pp=2 --tp=2 trains with --objective next_token or chat_sft; --objective=dpo"):
+        train(tiny_run(tmp_path / "out", data_dir, pp=2, tp=2, objective="dpo"))
+
+
+def test_stages_split_the_blocks_evenly_and_schedules_get_the_micro_batches_they_need():
+    assert stage_layers(5, 2) == [[0, 1, 2], [3, 4]]
+    assert stage_layers(4, 4) == [[0], [1], [2], [3]]
+    config = GPTConfig(n_layer=4, n_head=2, n_embd=16, vocab_size=64, block_size=8)
+    assert check_pipeline(config, 2, "1f1b", 2) is None and check_pipeline(config, 2, "gpipe", 1) is None
+    assert "needs at least --pp=2 micro-batches per step" in check_pipeline(config, 2, "1f1b", 1)
+    assert "makes 8 stages, more than the model's n_layer=4 blocks" in check_pipeline(config, 4, "interleaved_1f1b", 4)
+    assert "not a whole number of rounds" in check_pipeline(config, 2, "interleaved_1f1b", 5)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "modern"])
+def test_stages_of_a_pruned_model_compute_its_forward_under_the_whole_model_s_names(preset):
+    config = GPTConfig.from_preset(preset, n_layer=3, n_head=2, n_embd=16, vocab_size=64, block_size=8)
+    torch.manual_seed(0)
+    whole = GPT(config)
+    idx = torch.randint(0, 64, (2, 8))
+    expected = whole(idx)
+    names = dict(whole.state_dict())
+    parts = [GPT(config) for _ in range(2)]
+    for part in parts:
+        part.load_state_dict(names)
+    first, last = prune(parts[0], [0, 1], first=True, last=False), prune(parts[1], [2], first=False, last=True)
+    x = Stage(first, [0, 1], True, False)(idx)
+    torch.testing.assert_close(Stage(last, [2], False, True)(x), expected)
+    held = set(first.state_dict()) | set(last.state_dict())
+    assert held == set(names)  # every name of the whole model, nothing else
+    assert not any(name.startswith("transformer.h.2.") for name in first.state_dict())
+    assert ("transformer.wte.weight" in last.state_dict()) == config.tie_embeddings  # the output layer's copy of a tied embedding
