@@ -29,6 +29,7 @@ from gptkit.options import parse_options
 from gptkit.pipeline_parallel import check_pipeline
 from gptkit.plotting import plot_curves
 from gptkit.run_state import RunState, seed_everything
+from gptkit.sharded_checkpoint import FIELDS_FILE, latest_sharded, load_fields, load_sharded, save_sharded
 from gptkit.signals import StopSignals, TrainingStopped
 from gptkit.spike_guard import SpikeGuard
 from gptkit.tensor_parallel import check_layout
@@ -119,9 +120,10 @@ def set_up(cfg, dist, device, config, init, objective):
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main and (removed := clean_temporaries(out_dir)):
         print(f"note: removed {removed} temporary file(s) an interrupted save left in {out_dir}/")
-    resumed = cfg.resume == "true" or (cfg.resume == "auto" and (out_dir / LAST).is_file())
+    newest = resume_point(out_dir)
+    resumed = cfg.resume == "true" or (cfg.resume == "auto" and newest is not None)
     if resumed:
-        resume(out_dir / LAST, cfg, config, model, optimizers, objective, state, dist)
+        resume(newest or out_dir / LAST, cfg, config, model, optimizers, objective, state, dist)
     elif cfg.resume == "auto" and (saved := sorted(p.name for p in (out_dir / BEST, *out_dir.glob("ckpt_*.pt")) if p.is_file())):
         raise UsageError(f"{out_dir}/ holds {', '.join(saved)} but no {LAST} to resume from, and starting over would replace them; "
                          f"start over anyway with --resume=false, or use another --out_dir")
@@ -139,8 +141,16 @@ def load_initial_weights(model, init):
         model.load_state_dict(state)  # raises, naming the keys
 
 
+def resume_point(out_dir):
+    """The newest checkpoint to resume from: last.pt, or the latest sharded one when that was written after it."""
+    last, sharded = out_dir / LAST, latest_sharded(out_dir)
+    if sharded is None:
+        return last if last.is_file() else None
+    return last if last.is_file() and last.stat().st_mtime > (sharded / FIELDS_FILE).stat().st_mtime else sharded
+
+
 def resume(path, cfg, config, model, optimizers, objective, state, dist=Distributed()):
-    ckpt = load_checkpoint(path)
+    ckpt = load_fields(path) if path.is_dir() else load_checkpoint(path)
     ways_out = "resume with the same settings, start over with --resume=false, or use another --out_dir"
     if ckpt["model_config"] != vars(config):
         changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
@@ -154,7 +164,10 @@ def resume(path, cfg, config, model, optimizers, objective, state, dist=Distribu
         raise UsageError(f"{path} is at step {ckpt['step']}, past --max_iters={cfg.max_iters}: nothing to train; raise --max_iters to "
                          "train further, or start over with --resume=false")
     try:
-        dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
+        if path.is_dir():  # each rank reads its shares
+            load_sharded(path, model, optimizers, dist)
+        else:
+            dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
     except (ValueError, KeyError, RuntimeError) as e:  # optimizer states that do not fit these parameter groups
         raise UsageError(f"{path}: its optimizer state does not fit this run ({first_line(e)}); {ways_out}") from None
     state.load_state_dict(ckpt, objective)
@@ -251,10 +264,20 @@ def loop(cfg, run, dist, device, autocast):
 # -- saving (rank 0 writes; under FSDP every rank helps gather the weights first) ------------------------------------------
 
 def save_last(cfg, run, dist):
+    """The checkpoint to resume from: each rank's shares (sharded) during a run whose model is split, else (and at the
+    end) the single file of the whole model, gathered on rank 0."""
+    if sharded_saves(cfg, dist) and run.state.step < cfg.max_iters:
+        fields = checkpoint_of(cfg, run, {}, optimizers=[{} for _ in run.optimizers], **run.state.state_dict(run.objective))
+        save_sharded(cfg.out_dir, cfg.keep_last, run.model, run.optimizers, fields, dist)
+        return
     weights, optimizer_states = dist.full_state(run.model, run.optimizers)
     if dist.is_main:
         save_rotating(cfg.out_dir, cfg.keep_last, checkpoint_of(cfg, run, weights, optimizers=optimizer_states,
                                                                           **run.state.state_dict(run.objective)))
+
+
+def sharded_saves(cfg, dist):
+    return cfg.checkpoint_format == "sharded" or (cfg.checkpoint_format == "auto" and dist.sharded)
 
 
 def save_best(cfg, run, dist, metrics):

@@ -4,13 +4,20 @@ from pathlib import Path
 from gptkit import hf
 from gptkit.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint
 from gptkit.errors import UsageError
+from gptkit.sharded_checkpoint import FIELDS_FILE, consolidated, latest_sharded
 
 
 def load_any_checkpoint(spec, map_location="cpu"):
-    """Our checkpoint (a file, or a folder with best.pt or last.pt), a folder with config.json (Hugging Face GPT-2, or what
-    export.py wrote), or a GPT-2 hub name, as one checkpoint dict."""
+    """Our checkpoint (a file, or a folder with best.pt or last.pt, or else a sharded checkpoint: one of its folders, or
+    the newest in out_dir/sharded/), a folder with config.json (Hugging Face GPT-2, or what export.py wrote), or a
+    GPT-2 hub name, as one checkpoint dict."""
     if hf.is_pretrained(spec):
         return hf.hf_checkpoint(spec)
+    path = Path(spec)
+    if path.is_dir() and not any((path / name).is_file() for name in (BEST, LAST)):
+        sharded = path if (path / FIELDS_FILE).is_file() else latest_sharded(path)
+        if sharded is not None:
+            return {**consolidated(sharded), "path": str(sharded)}
     return load_checkpoint(spec, map_location)
 
 

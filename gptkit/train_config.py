@@ -117,6 +117,10 @@ class TrainConfig:
     resume: str = option("auto", "auto: continue from out_dir/last.pt when it exists; true: require it; false: start over, replacing it",
                          ("auto", "true", "false"))
     keep_last: int = option(1, "checkpoints (ckpt_STEP.pt) kept in out_dir; last.pt is the newest", bounds="[1, 1000000]")
+    checkpoint_format: str = option("auto", "checkpoints during the run: single (one file, gathered on rank 0), sharded (each process "
+                                            "writes its shares: torch.distributed.checkpoint, in out_dir/sharded/) or auto (sharded when "
+                                            "the model is split: fsdp, --tp, --pp); the end always writes the single file too",
+                                    ("auto", "single", "sharded"))
     max_bad_steps: int = option(5, "stop after this many skipped steps in a row (non-finite loss or gradient, or a loss spike)", bounds="[1, 1000000]")
     loss_spike: float = option(0.0, "skip the update of a step whose loss is this many standard deviations above the recent mean (0: off)", bounds=">=0")
 

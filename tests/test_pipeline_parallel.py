@@ -13,6 +13,7 @@ from gptkit.checkpoint import LAST, load_checkpoint
 from gptkit.errors import UsageError
 from gptkit.model import GPT, GPTConfig
 from gptkit.pipeline_parallel import Stage, check_pipeline, prune, stage_layers
+from gptkit.sharded_checkpoint import latest_sharded, load_fields
 from helpers import run_script
 from test_distributed import assert_same_weights, finish, step_losses, tiny_args, torchrun
 from test_resilience import tiny_run, wait_for
@@ -52,7 +53,7 @@ def test_a_pipeline_layout_trains_the_weights_of_one_process(tmp_path, data_dir,
     assert load_checkpoint(piped / LAST)["loader"] == load_checkpoint(one / LAST)["loader"]
 
 
-def test_a_pipeline_checkpoint_resumes_in_one_process_and_back_and_samples(tmp_path, data_dir, capsys):
+def test_a_pipeline_s_sharded_checkpoint_resumes_in_other_layouts_and_samples(tmp_path, data_dir, capsys):
     one = tmp_path / "one"
     one_process(one, data_dir, preset="gpt2")
     alone = capsys.readouterr().out
@@ -60,26 +61,41 @@ def test_a_pipeline_checkpoint_resumes_in_one_process_and_back_and_samples(tmp_p
     code, stdout, stderr = finish(torchrun(pp_args(data_dir, piped, pp=2, preset="gpt2", keep_last=2)))
     assert code == 0, stderr[-3000:]
     assert memory_line_weights(stdout) < 0.8 * memory_line_weights(alone)  # rank 0 holds half of the blocks
+    sharded = piped / "sharded" / "step_0000003"
+    assert (sharded / "checkpoint.pt").is_file() and len(list(sharded.glob("*.distcp"))) == 2  # each rank wrote its stage
+    assert (piped / LAST).is_file()  # the end writes the single file too
 
-    # saved by a pipeline, resumed in one process: steps 4-6 as the straight run
-    to_one = tmp_path / "to_one"
-    to_one.mkdir()
-    shutil.copy(piped / "ckpt_0000003.pt", to_one / LAST)
-    one_process(to_one, data_dir, preset="gpt2")
-    assert_same_run(to_one, one)
+    # the sharded checkpoint of step 3, resumed in one process and at tp=2: steps 4-6 as the straight run
+    for layout, nproc, args in (("to_one", 1, {}), ("to_tp", 2, dict(tp=2))):
+        resumed = tmp_path / layout
+        shutil.copytree(piped / "sharded", resumed / "sharded")
+        if nproc == 1:
+            one_process(resumed, data_dir, preset="gpt2")
+        else:
+            code, stdout, stderr = finish(torchrun(pp_args(data_dir, resumed, preset="gpt2", **args)))
+            assert code == 0, stderr[-3000:]
+            assert f"resuming from {resumed / 'sharded' / 'step_0000003'} at step 3" in stdout
+        assert_same_run(resumed, one)
 
-    # saved by one process, resumed by a pipeline with its optimizer states
+    only_sharded = tmp_path / "only_sharded"
+    shutil.copytree(piped / "sharded", only_sharded / "sharded")
+    for ckpt in (piped, only_sharded):  # the single file; else the newest sharded checkpoint
+        result = run_script("sample.py", f"--ckpt={ckpt}", "--max_new_tokens=20", "--prompt=the cat", "--device=cpu")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("the cat") and len(result.stdout.strip()) > len("the cat")
+
+
+@pytest.mark.slow  # 15 s of CI's 15 minutes; a pipeline resumes from a sharded checkpoint above
+def test_a_single_file_checkpoint_of_one_process_resumes_in_a_pipeline(tmp_path, data_dir):
+    one = tmp_path / "one"
+    one_process(one, data_dir, preset="gpt2", optimizer="muon")
     to_piped = tmp_path / "to_piped"
     to_piped.mkdir()
     shutil.copy(one / "ckpt_0000003.pt", to_piped / LAST)
-    code, stdout, stderr = finish(torchrun(pp_args(data_dir, to_piped, pp=2, preset="gpt2", pp_schedule="gpipe")))
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, to_piped, pp=2, preset="gpt2", pp_schedule="gpipe", optimizer="muon")))
     assert code == 0, stderr[-3000:]
     assert f"resuming from {to_piped / LAST} at step 3" in stdout
     assert_same_run(to_piped, one)
-
-    result = run_script("sample.py", f"--ckpt={piped}", "--max_new_tokens=20", "--prompt=the cat", "--device=cpu")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("the cat") and len(result.stdout.strip()) > len("the cat")
 
 
 @pytest.mark.slow  # three pipeline runs, 40 s of CI's 15 minutes; stopping a two-process run is tested in test_distributed.py
@@ -92,16 +108,16 @@ def test_a_stopped_pipeline_run_resumes_exactly(tmp_path, data_dir):
 
     stopped = tmp_path / "stopped"
     proc = torchrun(pp_args(data_dir, stopped, **args))
-    wait_for(lambda: (stopped / LAST).exists())
+    wait_for(lambda: latest_sharded(stopped) is not None)  # a pipeline saves sharded checkpoints during the run
     proc.send_signal(signal.SIGTERM)
     code, _, stderr = finish(proc)
     assert code != 0 and stderr.count("stopped by SIGTERM") == 1, stderr[-2000:]
-    saved = load_checkpoint(stopped / LAST)["step"]
+    saved = load_fields(latest_sharded(stopped))["step"]
     assert 5 <= saved < STEPS
 
     code, stdout, stderr = finish(torchrun(pp_args(data_dir, stopped, **args)), timeout=180)
     assert code == 0, stderr[-2000:]
-    assert f"resuming from {stopped / LAST} at step {saved}" in stdout
+    assert f"resuming from {latest_sharded(stopped).with_name(f'step_{saved:07d}')} at step {saved}" in stdout
     expected, got = step_losses(straight), step_losses(stopped)
     assert [got[i] for i in range(1, STEPS + 1)] == [expected[i] for i in range(1, STEPS + 1)]  # exactly, step for step
     assert_same_weights(load_checkpoint(stopped / LAST)["model"], load_checkpoint(straight / LAST)["model"], atol=0)
