@@ -26,7 +26,7 @@ from gptkit.model_card import write_model_card
 from gptkit.objectives import make_objective
 from gptkit.optim import make_optimizers, train_step
 from gptkit.options import parse_options
-from gptkit.pipeline_parallel import check_pipeline
+from gptkit.pipeline_parallel import check_pipeline, pipeline_micro_batches
 from gptkit.plotting import plot_curves
 from gptkit.run_state import RunState, seed_everything
 from gptkit.sharded_checkpoint import FIELDS_FILE, latest_sharded, load_fields, load_sharded, save_sharded
@@ -57,7 +57,9 @@ def run_training(cfg, dist, device):
     config = fine_tune_config(cfg, init) if init else model_config(cfg, objective.tokenizer.n_vocab)
     if objective.score_head:  # a reward model: the fine-tuned model plus a score head
         config = replace(config, score_head=True)
-    if reason := check_layout(config, cfg.tp) or check_pipeline(config, cfg.pp, cfg.pp_schedule, dist.micro_steps(cfg.grad_accum)):
+    micro_steps, rows = dist.micro_steps(cfg.grad_accum), dist.micro_batch_rows(cfg.batch_size)
+    piped = pipeline_micro_batches(micro_steps, rows, cfg.pp)  # a pipeline may cut each micro-batch by rows
+    if reason := check_layout(config, cfg.tp) or check_pipeline(config, cfg.pp, cfg.pp_schedule, piped):
         raise UsageError(reason)  # on every rank, before any collective
     run = set_up(cfg, dist, device, config, init, objective)
     use_bf16, autocast = autocast_for(cfg.dtype, device)
@@ -69,10 +71,10 @@ def run_training(cfg, dist, device):
     print(f"{'fine-tuning' if objective.chat_tuned else 'training'} on {device}{' (bf16)' if use_bf16 else ''}: {cfg.max_iters} steps of "
           f"{objective.describe_batch(cfg)}, {cfg.optimizer}{parallel}")
     if objective.name in ("next_token", "chat_sft"):  # sequences of up to block_size tokens (preferences and rollouts differ)
-        rows = dist.micro_batch_rows(cfg.batch_size)
-        in_flight = dist.pipeline.in_flight(dist.micro_steps(cfg.grad_accum)) if dist.pipeline else 1
+        rows = rows * micro_steps // piped
+        in_flight = dist.pipeline.in_flight(piped) if dist.pipeline else 1
         parts = memory_estimate.estimate(run.model, run.optimizers, config, cfg.activation_checkpointing, rows, dist.tp, in_flight)
-        print(memory_estimate.describe(parts, rows, config.block_size))
+        print(memory_estimate.describe(parts, rows, config.block_size, in_flight))
     loop(cfg, run, dist, device, autocast)
     return finish(cfg, run, dist, device)
 

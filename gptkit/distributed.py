@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.errors import UsageError
-from gptkit.pipeline_parallel import Pipeline, PipelineForward
+from gptkit.pipeline_parallel import Pipeline, PipelineForward, pipeline_micro_batches
 from gptkit.tensor_parallel import from_stored, loss_context, parallelize, to_stored
 
 # A collective that waits longer than this (a rank died, or hangs) raises instead of blocking forever.
@@ -210,7 +210,7 @@ class Distributed:
         drawn = [batches.next_batch() for _ in range(micro_steps)]
         x, y = (torch.from_numpy(np.concatenate([batch[i] for batch in drawn])).to(device) for i in (0, 1))
         with autocast:
-            loss = self.pipeline.train_step(x, y, micro_steps)
+            loss = self.pipeline.train_step(x, y, pipeline_micro_batches(micro_steps, len(x) // micro_steps, self.pp))
         self.pipeline.sum_tied_gradients(self._tied_pairs)
         if self.data_ranks > 1:
             self.average_gradients(self.pipeline.model)

@@ -70,9 +70,10 @@ def estimate(model, optimizers, config, checkpointing, rows, tp=1, in_flight=1):
             "activations": in_flight * activation_bytes(_with_layers(config, len(model.transformer.h)), rows, checkpointing, tp)}
 
 
-def describe(parts, rows, block_size):
+def describe(parts, rows, block_size, in_flight=1):
     def size(n):
         return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
     listed = ", ".join(f"{name} {size(n)}" for name, n in parts.items())
-    return f"memory per device (estimate): {listed} (a micro-batch of {rows} x {block_size} tokens): {size(sum(parts.values()))}"
+    batches = f"a micro-batch of {rows} x {block_size} tokens" if in_flight == 1 else f"{in_flight} micro-batches of {rows} x {block_size} tokens in flight"
+    return f"memory per device (estimate): {listed} ({batches}): {size(sum(parts.values()))}"

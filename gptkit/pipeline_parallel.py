@@ -40,9 +40,19 @@ def stage_layers(n_layer, n_stages):
     return [list(range(starts[s], starts[s + 1])) for s in range(n_stages)]
 
 
+def pipeline_micro_batches(micro_steps, rows, pp):
+    """How many micro-batches a pipeline sends through its stages per step: the step's own (gradient accumulation, each
+    of `rows` sequences), each cut by rows into as many pieces as make at least pp when the rows divide: with fewer than
+    pp in flight some stages idle, and 1F1B needs pp. Equal pieces keep the step's mean loss that of one process."""
+    if micro_steps >= pp:
+        return micro_steps
+    pieces = -(-pp // micro_steps)
+    return micro_steps * pieces if rows % pieces == 0 else micro_steps
+
+
 def check_pipeline(config, pp, schedule, micro_batches):
     """A one-line reason this model and step cannot be pipelined pp ways with `schedule`, or None; micro_batches is
-    the number each pipeline runs per step."""
+    the number each pipeline runs per step (pipeline_micro_batches)."""
     if pp == 1:
         return None
     stages = pp * stages_per_rank(schedule)
@@ -51,7 +61,8 @@ def check_pipeline(config, pp, schedule, micro_batches):
                 f"lower --pp{', use --pp_schedule=1f1b' if stages > pp else ''} or raise --n_layer")
     if schedule == "1f1b" and micro_batches < pp:
         return (f"--pp_schedule=1f1b needs at least --pp={pp} micro-batches per step in each pipeline, and this step has {micro_batches}: "
-                f"raise --grad_accum (to {pp} x the data-parallel processes), or use --pp_schedule=gpipe")
+                f"raise --grad_accum (to {pp} x the data-parallel processes), make --batch_size split {pp} ways on each, "
+                f"or use --pp_schedule=gpipe")
     rounds = max(1, micro_batches // pp)
     if schedule == "interleaved_1f1b" and micro_batches % rounds:
         return (f"--pp_schedule=interleaved_1f1b runs micro-batches in rounds of --pp={pp}, and this step's {micro_batches} per pipeline "

@@ -12,7 +12,7 @@ from test_tensor_parallel import assert_same_run, memory_line_weights
 from gptkit.checkpoint import LAST, load_checkpoint
 from gptkit.errors import UsageError
 from gptkit.model import GPT, GPTConfig
-from gptkit.pipeline_parallel import Stage, check_pipeline, prune, stage_layers
+from gptkit.pipeline_parallel import Stage, check_pipeline, pipeline_micro_batches, prune, stage_layers
 from gptkit.sharded_checkpoint import latest_sharded, load_fields
 from helpers import run_script
 from test_distributed import assert_same_weights, finish, step_losses, tiny_args, torchrun
@@ -32,7 +32,7 @@ def one_process(out_dir, data_dir, **overrides):
 
 
 @pytest.mark.parametrize("nproc, overrides", [
-    (2, dict(preset="gpt2", pp_schedule="1f1b")),  # learned positions; tied embeddings summed between the two stages
+    (2, dict(preset="gpt2", pp_schedule="1f1b", grad_accum=1)),  # one micro-batch cut in two by rows; tied embeddings summed
     (2, dict(preset="modern", pp_schedule="interleaved_1f1b", optimizer="muon")),  # four stages of one block, two per rank
     (4, dict(preset="modern", pp_schedule="1f1b", tp=2, optimizer="muon", activation_checkpointing=True)),  # PP2 x TP2
     pytest.param(2, dict(preset="gpt2", pp_schedule="gpipe", optimizer="muon"), marks=pytest.mark.slow),
@@ -61,6 +61,7 @@ def test_a_pipeline_s_sharded_checkpoint_resumes_in_other_layouts_and_samples(tm
     code, stdout, stderr = finish(torchrun(pp_args(data_dir, piped, pp=2, preset="gpt2", keep_last=2)))
     assert code == 0, stderr[-3000:]
     assert memory_line_weights(stdout) < 0.8 * memory_line_weights(alone)  # rank 0 holds half of the blocks
+    assert "(2 micro-batches of 4 x 32 tokens in flight)" in stdout  # 1F1B keeps pp of the step's 4 micro-batches
     sharded = piped / "sharded" / "step_0000003"
     assert (sharded / "checkpoint.pt").is_file() and len(list(sharded.glob("*.distcp"))) == 2  # each rank wrote its stage
     assert (piped / LAST).is_file()  # the end writes the single file too
@@ -147,6 +148,9 @@ def test_stages_split_the_blocks_evenly_and_schedules_get_the_micro_batches_they
     config = GPTConfig(n_layer=4, n_head=2, n_embd=16, vocab_size=64, block_size=8)
     assert check_pipeline(config, 2, "1f1b", 2) is None and check_pipeline(config, 2, "gpipe", 1) is None
     assert "needs at least --pp=2 micro-batches per step" in check_pipeline(config, 2, "1f1b", 1)
+    # a step with fewer micro-batches than stages has each cut by rows, when they divide
+    assert pipeline_micro_batches(4, 8, 2) == 4 and pipeline_micro_batches(1, 8, 2) == 2 and pipeline_micro_batches(3, 8, 4) == 6
+    assert pipeline_micro_batches(1, 3, 2) == 1  # 3 rows do not split in two: check_pipeline then says what to change
     assert "makes 8 stages, more than the model's n_layer=4 blocks" in check_pipeline(config, 4, "interleaved_1f1b", 4)
     assert "not a whole number of rounds" in check_pipeline(config, 2, "interleaved_1f1b", 5)
 
