@@ -212,6 +212,8 @@ def loop(cfg, run, dist, device, autocast):
                         save_best(cfg, run, dist, metrics)
                         run.best = {"step": state.step, **metrics}
                     write_card(cfg, run, dist, metrics)
+                elif state.step == cfg.max_iters and run.resumed and resume_point(out_dir).is_dir():
+                    save_last(cfg, run, dist)  # a finished run's sharded shares: the single file that sample.py reads
                 throughput.restart(state.step)  # keep evaluation time out of the throughput figure
             if state.step == cfg.max_iters:
                 break

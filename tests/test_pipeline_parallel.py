@@ -13,7 +13,7 @@ from gptkit.checkpoint import LAST, load_checkpoint
 from gptkit.errors import UsageError
 from gptkit.model import GPT, GPTConfig
 from gptkit.pipeline_parallel import Stage, check_pipeline, pipeline_micro_batches, prune, stage_layers
-from gptkit.sharded_checkpoint import latest_sharded, load_fields
+from gptkit.sharded_checkpoint import consolidated, latest_sharded, load_fields
 from helpers import run_script
 from test_distributed import assert_same_weights, finish, step_losses, tiny_args, torchrun
 from test_resilience import tiny_run, wait_for
@@ -77,6 +77,13 @@ def test_a_pipeline_s_sharded_checkpoint_resumes_in_other_layouts_and_samples(tm
             assert code == 0, stderr[-3000:]
             assert f"resuming from {resumed / 'sharded' / 'step_0000003'} at step 3" in stdout
         assert_same_run(resumed, one)
+
+    # loaded at tp=2, the weights are the saved ones exactly: with nothing left to train, the run writes them back whole
+    at_3 = tmp_path / "tp_at_step_3"
+    shutil.copytree(piped / "sharded", at_3 / "sharded")
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, at_3, preset="gpt2", tp=2, max_iters=3)))
+    assert code == 0, stderr[-3000:]
+    assert_same_weights(load_checkpoint(at_3 / LAST)["model"], consolidated(sharded)["model"], atol=0)
 
     only_sharded = tmp_path / "only_sharded"
     shutil.copytree(piped / "sharded", only_sharded / "sharded")
