@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from gptkit.errors import UsageError
-from gptkit.pipeline_parallel import Pipeline, PipelineForward, pipeline_micro_batches
+from gptkit.pipeline_parallel import Pipeline, PipelineForward, pad_to, pipeline_micro_batches
 from gptkit.tensor_parallel import from_stored, loss_context, parallelize, to_stored
 
 # A collective that waits longer than this (a rank died, or hangs) raises instead of blocking forever.
@@ -208,13 +208,14 @@ class Distributed:
         """A pipeline's forwards and backwards over this step's micro-batches, their gradients then summed between the
         tied embedding's copies and averaged over the data-parallel ranks; returns (mean loss here, input tokens)."""
         drawn = [batches.next_batch() for _ in range(micro_steps)]
-        x, y = (torch.from_numpy(np.concatenate([batch[i] for batch in drawn])).to(device) for i in (0, 1))
+        width = self.pipeline.model.config.block_size  # the stages exchange one shape: shorter (chat) batches padded, unscored
+        x, y = (torch.from_numpy(np.concatenate([pad_to(batch[i], width, fill) for batch in drawn])).to(device) for i, fill in ((0, 0), (1, -1)))
         with autocast:
             loss = self.pipeline.train_step(x, y, pipeline_micro_batches(micro_steps, len(x) // micro_steps, self.pp))
         self.pipeline.sum_tied_gradients(self._tied_pairs)
         if self.data_ranks > 1:
             self.average_gradients(self.pipeline.model)
-        return loss, x.numel()
+        return loss, sum(batch[0].size for batch in drawn)
 
     def clip_gradients(self, model, max_norm):
         """Scale the gradients down to a total norm of at most max_norm; returns the norm before, a float, the same on

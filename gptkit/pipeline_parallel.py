@@ -12,6 +12,7 @@ checkpoints and tensor parallelism treat the rank's part as they treat a whole m
 stage keeps its own copy of the embedding matrix as the output layer; their gradients are summed between the first
 and the last stage's ranks every step (gptkit/distributed.py), so the two copies stay equal.
 """
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -43,11 +44,18 @@ def stage_layers(n_layer, n_stages):
 def pipeline_micro_batches(micro_steps, rows, pp):
     """How many micro-batches a pipeline sends through its stages per step: the step's own (gradient accumulation, each
     of `rows` sequences), each cut by rows into as many pieces as make at least pp when the rows divide: with fewer than
-    pp in flight some stages idle, and 1F1B needs pp. Equal pieces keep the step's mean loss that of one process."""
+    pp in flight some stages idle, and 1F1B needs pp. Equal pieces keep the step's mean loss one process's when every
+    token is scored (pretraining)."""
     if micro_steps >= pp:
         return micro_steps
     pieces = -(-pp // micro_steps)
     return micro_steps * pieces if rows % pieces == 0 else micro_steps
+
+
+def pad_to(rows, width, fill):
+    """A (B, T) array of token ids or targets padded on the right to `width` positions with `fill` (a target of -1 is
+    not scored, and causal attention keeps the padding out of the real positions)."""
+    return np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=fill)
 
 
 def check_pipeline(config, pp, schedule, micro_batches):

@@ -53,6 +53,22 @@ def test_a_pipeline_layout_trains_the_weights_of_one_process(tmp_path, data_dir,
     assert load_checkpoint(piped / LAST)["loader"] == load_checkpoint(one / LAST)["loader"]
 
 
+@pytest.mark.parametrize("layout", [dict(pp=2), pytest.param(dict(tp=2), marks=pytest.mark.slow)])
+def test_chat_fine_tuning_split_across_processes_trains_the_weights_of_one_process(tmp_path, data_dir, layout):
+    """Conversations come in batches as long as their longest: a pipeline pads them to one shape, unscored."""
+    base = tmp_path / "base"
+    one_process(base, data_dir, preset="modern", max_iters=2, eval_interval=2)
+    chat = dict(preset="modern", init_from=str(base), chat_data="demo", demo_conversations=64, block_size=256, batch_size=2,
+                max_iters=4, eval_interval=4)
+    one = tmp_path / "one"
+    one_process(one, data_dir, **chat)
+    split = tmp_path / "split"
+    code, stdout, stderr = finish(torchrun(pp_args(data_dir, split, **chat, **layout)), timeout=180)
+    assert code == 0, stderr[-3000:]
+    assert "fine-tuning on cpu" in stdout
+    assert_same_run(split, one)
+
+
 def test_a_pipeline_s_sharded_checkpoint_resumes_in_other_layouts_and_samples(tmp_path, data_dir, capsys):
     one = tmp_path / "one"
     one_process(one, data_dir, preset="gpt2")
