@@ -1,6 +1,6 @@
 """Tensor parallelism (gptkit/tensor_parallel.py) through torchrun on the CPU (gloo): each layout trains the weights one
 process trains on the same global batch, its single-file checkpoint resumes in another layout and samples in one
-process, and layouts that cannot work fail every rank in one line."""
+process, and layouts that cannot work (tensor or pipeline parallel) fail every rank in one line."""
 import re
 import shutil
 
@@ -92,6 +92,8 @@ def test_a_tensor_parallel_checkpoint_resumes_in_one_process_and_back_and_sample
 @pytest.mark.parametrize("overrides, message", [
     pytest.param(dict(tp=3), "error: --tp=3 splits each copy of the model over 3 processes, which does not divide the 2", marks=pytest.mark.slow),
     (dict(tp=2, n_head=3, n_embd=48), "error: --tp=2 splits attention by heads, and n_head=3 is not a multiple of 2"),
+    (dict(pp=2, n_layer=1), "error: --pp=2 with --pp_schedule=1f1b makes 2 stages, more than the model's n_layer=1 blocks"),
+    pytest.param(dict(pp=2, grad_accum=2, parallel="fsdp"), "error: --pp=2 composes with --parallel=ddp", marks=pytest.mark.slow),
 ])
 def test_layouts_that_cannot_work_fail_every_rank_in_one_line(tmp_path, data_dir, overrides, message):
     code, _, stderr = finish(torchrun(tiny_args(data_dir, tmp_path / "out", **overrides)), timeout=60)
@@ -100,11 +102,12 @@ def test_layouts_that_cannot_work_fail_every_rank_in_one_line(tmp_path, data_dir
     assert 'train.py", line' not in stderr
 
 
-def test_tp_without_torchrun_or_with_an_objective_it_cannot_split_is_refused(tmp_path, data_dir):
-    with pytest.raises(UsageError, match=r"--tp=2 splits the model across processes: run it under torchrun"):
-        train(tiny_run(tmp_path / "out", data_dir, tp=2, parallel="auto"))
-    with pytest.raises(UsageError, match=r"--tp=2 trains with --objective next_token or chat_sft; --objective=dpo"):
-        train(tiny_run(tmp_path / "out", data_dir, tp=2, objective="dpo"))
+@pytest.mark.parametrize("split, flags", [(dict(tp=2), "--tp=2"), (dict(pp=2), "--pp=2"), (dict(pp=2, tp=2), "--pp=2 --tp=2")])
+def test_a_split_model_without_torchrun_or_with_an_objective_it_cannot_split_is_refused(tmp_path, data_dir, split, flags):
+    with pytest.raises(UsageError, match=rf"{flags} splits the model across processes: run it under torchrun"):
+        train(tiny_run(tmp_path / "out", data_dir, **split, parallel="auto"))
+    with pytest.raises(UsageError, match=rf"{flags} trains with --objective next_token or chat_sft; --objective=dpo"):
+        train(tiny_run(tmp_path / "out", data_dir, **split, objective="dpo"))
 
 
 def test_the_fused_query_key_value_rows_are_reordered_by_rank_and_back():
