@@ -43,10 +43,10 @@ class Int8WeightLinear(nn.Module):
     """A linear layer with int8 weights, one float32 scale per output row (symmetric: the row's largest |weight| is 127);
     a quarter of float32's bytes, and the rounding of each weight at most half a step of its row.
 
-    One row of input on a CPU goes through gptkit's own kernel (gptkit/native.py: float32 input, the weights widened to
-    float32 as they are read), or where it cannot be built, torch's int8 matrix-vector kernel, which reads bfloat16
-    input, the row's scale applied after in float32. Several rows (or another device) multiply the weights widened to
-    float32.
+    One row of input on a CPU, of a width that is a multiple of 32, goes through gptkit's own kernel (gptkit/native.py:
+    float32 input, the weights widened to float32 as they are read), or where it cannot be built, torch's int8
+    matrix-vector kernel, which reads bfloat16 input, the row's scale applied after in float32. Other widths, several
+    rows, or another device multiply the weights widened to float32.
     """
 
     def __init__(self, linear):
@@ -60,8 +60,10 @@ class Int8WeightLinear(nn.Module):
 
     def forward(self, x):
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1 and rows.device.type == "cpu":
-            kernel = native.int8_matvec() if rows.shape[1] % native.K_MULTIPLE == 0 else None
+        # Both one-row kernels read the input 32 (gptkit's) or 16 (torch's, with AVX-512) at a time: torch's returns
+        # garbage (inf) for other widths, so a layer whose input width is not a multiple of 32 takes the float32 path.
+        if rows.shape[0] == 1 and rows.device.type == "cpu" and rows.shape[1] % native.K_MULTIPLE == 0:
+            kernel = native.int8_matvec()
             if kernel is not None:  # the bias added inside: one operation fewer per layer and token
                 row, y = rows.float().contiguous(), torch.empty(1, self.scale.shape[0])
                 kernel(self.weight_int8.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
