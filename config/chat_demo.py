@@ -7,7 +7,9 @@
 The conversations come from gptkit/demo_chat.py (its "train" split): recalling one of up to three facts (a name,
 colour, number, city, pet's name, password, birthday or shopping list, from open sets of values, half of them made of
 random letters or of the tokenizer's word pieces) stated 0-7 turns earlier, small sums, the next day or month, and
-repeating words. bench/chat_accuracy.py measures recall on values of the held-out split, which no training
+repeating words ("Repeat after me: moon salt" -> "You said: moon salt.": the copied words written after a space, as
+in the request, so as the same tokens). Training asks for shopping lists, the longest values, twice as often as for
+each other fact. bench/chat_accuracy.py measures recall on values of the held-out split, which no training
 conversation states. lr (the embeddings' and the output layer's AdamW rate) at 6e-3 rather than 3e-3 is what made
 the output layer learn the rare tokens in time (docs/chat.md). Config files are read as data; nothing is executed.
 """

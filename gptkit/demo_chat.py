@@ -273,10 +273,11 @@ def next_day_turn(rng, split=None, pieces=()):
 
 
 def repeat_turn(rng, split="heldout", pieces=()):
-    """Common words; in training, half the time free words instead (more practice at copying any token)."""
+    """Common words; in training, half the time free words instead (more practice at copying any token). The reply puts
+    a word before them, so that the first is written as in the request, after a space: the same tokens to copy."""
     n = rng.randint(2, 4)
     words = " ".join(free_words(rng, n, pieces) if split == "train" and rng.random() < 0.5 else rng.sample(WORDS, n))
-    return f"Repeat after me: {words}", words
+    return f"Repeat after me: {words}", f"You said: {words}."
 
 
 TURNS = {"arithmetic": arithmetic_turn, "next_day": next_day_turn, "repeat": repeat_turn}
@@ -292,6 +293,9 @@ def distractor(rng, split, avoid=None, pieces=()):
 
 # --- conversations -------------------------------------------------------------------------------------------------------
 
+TRAIN_LIST_WEIGHT = 2
+
+
 def draw_gap(rng, split, max_gap):
     """Turns between a fact and its question: held out, even over 0..max_gap; training, half of them in the shorter half."""
     if split == "train" and rng.random() < 0.5:
@@ -304,7 +308,11 @@ def recall_turns(rng, split, max_gap, pieces=()):
     gap = draw_gap(rng, split, max_gap)
     lead = 0 if rng.random() < 0.5 else rng.randint(0, min(2, max_gap - gap))  # turns before the fact asked for
     n_facts = min(rng.choices((1, 2, 3), weights=(5, 3, 2))[0], lead + gap + 1)
-    asked, *others = rng.sample(tuple(FACTS), n_facts)
+    if split == "train":  # shopping lists, the longest values to copy, asked twice as often as each other fact
+        asked = rng.choices(tuple(FACTS), weights=[TRAIN_LIST_WEIGHT if fact == "list" else 1 for fact in FACTS])[0]
+        others = rng.sample([fact for fact in FACTS if fact != asked], n_facts - 1)
+    else:
+        asked, *others = rng.sample(tuple(FACTS), n_facts)
     value = make_value(rng, asked, split, pieces)
     turns = [None] * (lead + 1 + gap)
     turns[lead] = fact_turn(asked, value)

@@ -47,7 +47,7 @@ def test_reply_accuracy_counts_a_reply_containing_the_expected_one_as_wrong(byte
 
 def test_bench_reports_seen_and_unseen_by_gap_and_ends_with_the_summary(tmp_path, bytes_tok):
     ckpt = tmp_path / "chat.pt"
-    seed = 20261122
+    seed = 1  # one whose 24 conversations include some of the training set's (about 1 in 10 do, by chance)
     # trained (as its config says) on 3,000 demo conversations of the bench's own seed: some seen-value ones recur
     save_checkpoint(ckpt, chat_model(bytes_tok, block_size=384), bytes_tok, chat_tuned=True,
                     train_config={"chat_data": "demo", "demo_conversations": 3000, "seed": seed})

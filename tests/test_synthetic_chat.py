@@ -82,7 +82,7 @@ def expected_answer(conversation):
         i = names.index(match.group(2))
         return f"{names[(i + 1) % len(names)]} comes after {names[i]}."
     if match := re.fullmatch(r"Repeat after me: ((?:[a-z]+ ){1,3}[a-z]+)", question):
-        return match.group(1)
+        return f"You said: {match.group(1)}."
     raise AssertionError(f"unrecognised question {question!r}")
 
 
@@ -176,6 +176,8 @@ def test_gaps_cover_zero_to_max_gap_and_several_facts_are_stated(split):
     assert set(facts) == {1, 2, 3} and facts[2] > 300 and facts[3] > 150
     asked = Counter(r["fact"] for r in recalls)
     assert set(asked) == {"name", "colour", "number", "city", "pet", "password", "date", "list"} and min(asked.values()) > 200
+    lists_share = asked["list"] / (sum(asked.values()) - asked["list"]) * 7  # against the mean of the other facts
+    assert 1.7 < lists_share < 2.3 if split == "train" else 0.8 < lists_share < 1.2  # training practises the longest values more
     where = Counter()
     for c in make_conversations(600, seed=3, kinds=["recall"], split=split):
         pattern = FACT_QUESTIONS[user_turns(c)[-1]][0]
@@ -321,8 +323,9 @@ def test_repeat_echoes_exactly():
     lengths = set()
     for conversation in make_conversations(300, seed=7, kinds=["repeat"]):
         prompt, answer = split_prompt_answer(conversation)
-        assert prompt[-1]["content"] == f"Repeat after me: {answer}"
-        lengths.add(len(answer.split()))
+        words = prompt[-1]["content"].removeprefix("Repeat after me: ")
+        assert answer == f"You said: {words}."  # the first word after a space, as in the request: the same tokens
+        lengths.add(len(words.split()))
     assert lengths == {2, 3, 4}
 
 
