@@ -8,9 +8,8 @@ The conversations come from gptkit/demo_chat.py (its "train" split): recalling o
 colour, number, city, pet's name, password, birthday or shopping list, from open sets of values, half of them made of
 random letters or of the tokenizer's word pieces) stated 0-7 turns earlier, small sums, the next day or month, and
 repeating words ("Repeat after me: moon salt" -> "You said: moon salt.": the copied words written after a space, as
-in the request, so as the same tokens). Training asks for shopping lists, the longest values, twice as often as for
-each other fact. bench/chat_accuracy.py measures recall on values of the held-out split, which no training
-conversation states. lr (the embeddings' and the output layer's AdamW rate) at 6e-3 rather than 3e-3 is what made
+in the request, so as the same tokens). bench/chat_accuracy.py measures recall on values of the held-out split,
+which no training conversation states. lr (the embeddings' and the output layer's AdamW rate) at 6e-3 rather than 3e-3 is what made
 the output layer learn the rare tokens in time (docs/chat.md). Config files are read as data; nothing is executed.
 """
 out_dir = "out_chat"

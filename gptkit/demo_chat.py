@@ -293,9 +293,6 @@ def distractor(rng, split, avoid=None, pieces=()):
 
 # --- conversations -------------------------------------------------------------------------------------------------------
 
-TRAIN_LIST_WEIGHT = 2
-
-
 def draw_gap(rng, split, max_gap):
     """Turns between a fact and its question: held out, even over 0..max_gap; training, half of them in the shorter half."""
     if split == "train" and rng.random() < 0.5:
@@ -308,11 +305,7 @@ def recall_turns(rng, split, max_gap, pieces=()):
     gap = draw_gap(rng, split, max_gap)
     lead = 0 if rng.random() < 0.5 else rng.randint(0, min(2, max_gap - gap))  # turns before the fact asked for
     n_facts = min(rng.choices((1, 2, 3), weights=(5, 3, 2))[0], lead + gap + 1)
-    if split == "train":  # shopping lists, the longest values to copy, asked twice as often as each other fact
-        asked = rng.choices(tuple(FACTS), weights=[TRAIN_LIST_WEIGHT if fact == "list" else 1 for fact in FACTS])[0]
-        others = rng.sample([fact for fact in FACTS if fact != asked], n_facts - 1)
-    else:
-        asked, *others = rng.sample(tuple(FACTS), n_facts)
+    asked, *others = rng.sample(tuple(FACTS), n_facts)
     value = make_value(rng, asked, split, pieces)
     turns = [None] * (lead + 1 + gap)
     turns[lead] = fact_turn(asked, value)
