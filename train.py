@@ -92,7 +92,7 @@ class Run:
     train_batches: object  # this rank's micro-batches of the objective's data
     objective: object  # see gptkit/objectives.py
     state: RunState
-    resumed: bool
+    resumed_from: Path | None  # the checkpoint (file, or sharded folder) this run continues, if any
     n_params: int
     flops_per_token: int
     chat_tuned: bool  # what the checkpoints say: fine-tuned for chat now, or started from a model that was
@@ -124,13 +124,14 @@ def set_up(cfg, dist, device, config, init, objective):
         print(f"note: removed {removed} temporary file(s) an interrupted save left in {out_dir}/")
     newest = resume_point(out_dir)
     resumed = cfg.resume == "true" or (cfg.resume == "auto" and newest is not None)
+    resumed_from = (newest or out_dir / LAST) if resumed else None
     if resumed:
-        resume(newest or out_dir / LAST, cfg, config, model, optimizers, objective, state, dist)
+        resume(resumed_from, cfg, config, model, optimizers, objective, state, dist)
     elif cfg.resume == "auto" and (saved := sorted(p.name for p in (out_dir / BEST, *out_dir.glob("ckpt_*.pt")) if p.is_file())):
         raise UsageError(f"{out_dir}/ holds {', '.join(saved)} but no {LAST} to resume from, and starting over would replace them; "
                          f"start over anyway with --resume=false, or use another --out_dir")
     train_model, eval_model = dist.wrap(model, cfg.compile, find_unused=objective.score_head)  # a reward model leaves the output layer unused
-    return Run(config, model, train_model, eval_model, optimizers, dist.train_batches(objective.train_batches), objective, state, resumed,
+    return Run(config, model, train_model, eval_model, optimizers, dist.train_batches(objective.train_batches), objective, state, resumed_from,
                n_params, flops_per_token, chat_tuned=objective.chat_tuned or bool(init and init["chat_tuned"]))
 
 
@@ -190,7 +191,7 @@ def gap_line(train_loss, steps, val_loss, units):
 def loop(cfg, run, dist, device, autocast):
     """Evaluate and save every eval_interval steps; step; log every log_interval steps; stop cleanly when signalled."""
     state, out_dir = run.state, Path(cfg.out_dir)
-    log = MetricsLog(cfg, fresh=not run.resumed, enabled=dist.is_main)
+    log = MetricsLog(cfg, fresh=run.resumed_from is None, enabled=dist.is_main)
     peak = peak_flops(device)
     started = time.time()
     start_step = state.step
@@ -212,7 +213,7 @@ def loop(cfg, run, dist, device, autocast):
                         save_best(cfg, run, dist, metrics)
                         run.best = {"step": state.step, **metrics}
                     write_card(cfg, run, dist, metrics)
-                elif state.step == cfg.max_iters and run.resumed and resume_point(out_dir).is_dir():
+                elif state.step == cfg.max_iters and run.resumed_from is not None and run.resumed_from.is_dir():
                     save_last(cfg, run, dist)  # a finished run's sharded shares: the single file that sample.py reads
                 throughput.restart(state.step)  # keep evaluation time out of the throughput figure
             if state.step == cfg.max_iters:
