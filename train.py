@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from gptkit import memory_estimate
-from gptkit.checkpoint import BEST, EVAL_FIELDS, LAST, load_checkpoint, make_checkpoint, save_rotating, write_checkpoint
+from gptkit.checkpoint import BEST, EVAL_FIELDS, LAST, make_checkpoint, save_rotating, write_checkpoint
 from gptkit.devices import autocast_for, pick_device
 from gptkit.distributed import Distributed, checkpoint_activations, launched_world_size
-from gptkit.errors import UsageError, first_line, run_cli
+from gptkit.errors import UsageError, run_cli
 from gptkit.files import clean_temporaries
 from gptkit.loading import load_any_checkpoint
 from gptkit.metrics import MetricsLog, Throughput, format_seconds, peak_flops
@@ -28,8 +28,9 @@ from gptkit.optim import make_optimizers, train_step
 from gptkit.options import parse_options
 from gptkit.pipeline_parallel import check_pipeline, pipeline_micro_batches
 from gptkit.plotting import plot_curves
+from gptkit.resuming import checkpoint_to_resume, load_initial_weights, resume
 from gptkit.run_state import RunState, seed_everything
-from gptkit.sharded_checkpoint import FIELDS_FILE, latest_sharded, load_fields, load_sharded, save_sharded
+from gptkit.sharded_checkpoint import save_sharded
 from gptkit.signals import StopSignals, TrainingStopped
 from gptkit.spike_guard import SpikeGuard
 from gptkit.tensor_parallel import check_layout
@@ -122,59 +123,11 @@ def set_up(cfg, dist, device, config, init, objective):
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main and (removed := clean_temporaries(out_dir)):
         print(f"note: removed {removed} temporary file(s) an interrupted save left in {out_dir}/")
-    newest = resume_point(out_dir)
-    resumed = cfg.resume == "true" or (cfg.resume == "auto" and newest is not None)
-    resumed_from = (newest or out_dir / LAST) if resumed else None
-    if resumed:
+    if resumed_from := checkpoint_to_resume(cfg.resume, out_dir):
         resume(resumed_from, cfg, config, model, optimizers, objective, state, dist)
-    elif cfg.resume == "auto" and (saved := sorted(p.name for p in (out_dir / BEST, *out_dir.glob("ckpt_*.pt")) if p.is_file())):
-        raise UsageError(f"{out_dir}/ holds {', '.join(saved)} but no {LAST} to resume from, and starting over would replace them; "
-                         f"start over anyway with --resume=false, or use another --out_dir")
     train_model, eval_model = dist.wrap(model, cfg.compile, find_unused=objective.score_head)  # a reward model leaves the output layer unused
     return Run(config, model, train_model, eval_model, optimizers, dist.train_batches(objective.train_batches), objective, state, resumed_from,
                n_params, flops_per_token, chat_tuned=objective.chat_tuned or bool(init and init["chat_tuned"]))
-
-
-def load_initial_weights(model, init):
-    state = dict(init["model"])
-    if "transformer.wpe.weight" in state:  # a shorter context keeps the first positions
-        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:model.config.block_size]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not name.startswith("score_head.") for name in missing):  # only a new score head may start fresh
-        model.load_state_dict(state)  # raises, naming the keys
-
-
-def resume_point(out_dir):
-    """The newest checkpoint to resume from: last.pt, or the latest sharded one when that was written after it."""
-    last, sharded = out_dir / LAST, latest_sharded(out_dir)
-    if sharded is None:
-        return last if last.is_file() else None
-    return last if last.is_file() and last.stat().st_mtime > (sharded / FIELDS_FILE).stat().st_mtime else sharded
-
-
-def resume(path, cfg, config, model, optimizers, objective, state, dist=Distributed()):
-    ckpt = load_fields(path) if path.is_dir() else load_checkpoint(path)
-    ways_out = "resume with the same settings, start over with --resume=false, or use another --out_dir"
-    if ckpt["model_config"] != vars(config):
-        changed = sorted(k for k in vars(config) if ckpt["model_config"].get(k) != vars(config)[k])
-        raise UsageError(f"{path} was trained with a different model ({', '.join(changed)} differ); {ways_out}")
-    if ckpt["tokenizer"] != objective.tokenizer.to_json():
-        raise UsageError(f"{path} was trained with a different tokenizer than the data's; {ways_out}")
-    saved_optimizer = (ckpt["train_config"] or {}).get("optimizer", cfg.optimizer)
-    if saved_optimizer != cfg.optimizer or len(ckpt["optimizers"]) != len(optimizers):
-        raise UsageError(f"{path} was trained with --optimizer={saved_optimizer}, this run asks for --optimizer={cfg.optimizer}; {ways_out}")
-    if ckpt["step"] > cfg.max_iters:
-        raise UsageError(f"{path} is at step {ckpt['step']}, past --max_iters={cfg.max_iters}: nothing to train; raise --max_iters to "
-                         "train further, or start over with --resume=false")
-    try:
-        if path.is_dir():  # each rank reads its shares
-            load_sharded(path, model, optimizers, dist)
-        else:
-            dist.load_state(model, optimizers, ckpt["model"], ckpt["optimizers"])  # every rank reads the file: a filesystem they share
-    except (ValueError, KeyError, RuntimeError) as e:  # optimizer states that do not fit these parameter groups
-        raise UsageError(f"{path}: its optimizer state does not fit this run ({first_line(e)}); {ways_out}") from None
-    state.load_state_dict(ckpt, objective)
-    print(f"resuming from {path} at step {ckpt['step']} (--resume=false starts over)")
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------------
