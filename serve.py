@@ -58,6 +58,8 @@ class ServeConfig:
     temperature: float = option(CHAT_TEMPERATURE, "the temperature of a request that names none (0: greedy)", bounds="[0, 2]")
     top_k: int = option(50, "the top_k of a request that names none (0: all tokens)", bounds=">=0")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    stream_interval_ms: int = option(20, "send a stream's new text at most this often, what came meanwhile in one event (0: each piece "
+                                     "at once); fewer events leave more of the CPU to the model", bounds="[0, 1000]")
     threads: int = option(0, "CPU threads for the model (0: torch's default, one per core); with clients on the same few cores, 1 can serve more",
                           bounds=">=0")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
@@ -221,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if chat:
                 self.send_event(chunk(chat, rid, model, role=True))
-            for text in pieces(events):
+            for text in pieces(events, self.app.stream_interval):
                 self.send_event(chunk(chat, rid, model, text))
             if request.error:
                 self.send_event(ApiError(500, request.error).body())
@@ -272,10 +274,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def pieces(events):
-    """The text a request's queue delivers until its end (None), what arrived together joined: a client that reads slower
-    than tokens come gets fewer, larger chunks rather than a growing backlog."""
+def pieces(events, interval_s=0.0):
+    """The text a request's queue delivers until its end (None), at most one piece per interval_s (the first at once):
+    what arrived meanwhile is joined, so a client gets fewer, larger chunks rather than one event per token, and a
+    client that reads slower than tokens come gets no growing backlog."""
+    sent = float("-inf")
     while (text := events.get()) is not None:
+        wait = sent + interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         more = []
         while True:
             try:
@@ -287,6 +294,7 @@ def pieces(events):
                 break
             more.append(following)
         yield text + "".join(more)
+        sent = time.monotonic()
 
 
 class App:
@@ -298,6 +306,7 @@ class App:
         self.limits = {"max_tokens": cfg.max_tokens or self.block_size, "max_messages": cfg.max_messages,
                        "defaults": {"temperature": cfg.temperature, "top_k": cfg.top_k}}
         self.max_body = cfg.max_body_kb * 1024
+        self.stream_interval = cfg.stream_interval_ms / 1000
         self.created = int(time.time())
         self.in_flight, self.lock = 0, threading.Lock()  # POST requests being answered
 

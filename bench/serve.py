@@ -40,6 +40,7 @@ class ServeBenchConfig:
     max_tokens: int = option(48, "tokens generated per request (greedy, and no stop: every request generates this many)", bounds=">=1")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
     threads: int = option(0, "the server's --threads (0: torch's default)", bounds=">=0")
+    stream_interval_ms: int = option(20, "the server's --stream_interval_ms (how often a stream sends its new text)", bounds="[0, 1000]")
 
 
 def stream_chat(port, question, max_tokens):
@@ -99,7 +100,8 @@ def run_clients(port, n, cfg):
 def start_server(cfg, max_batch):
     """serve.py in its own process, as a user runs it (clients in this process must not share its interpreter's lock)."""
     command = [sys.executable, str(REPO / "serve.py"), f"--ckpt={cfg.ckpt}", "--port=0", f"--max_batch={max_batch}", f"--dtype={cfg.dtype}",
-               f"--threads={cfg.threads}", "--model_name=bench"]
+               f"--threads={cfg.threads}",
+               f"--stream_interval_ms={cfg.stream_interval_ms}", "--model_name=bench"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     if " at http://" not in line:

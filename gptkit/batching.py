@@ -59,6 +59,11 @@ class Request:
         return self.finish_reason is not None
 
 
+def plain_greedy(request):
+    """Whether the request's next token is simply its most likely one (nothing in its sampling changes the logits)."""
+    return request.temperature == 0 and (request.repetition_penalty == 1.0 or not request.repetition_window)
+
+
 class SmallBatchLinear(nn.Module):
     """A float32 linear layer for decode steps of a few rows on a CPU: W @ x^T rather than x @ W^T. MKL's matrix product
     repacks its right operand on every call, which for 2 to 16 rows costs more than the product itself (the weight is
@@ -155,19 +160,20 @@ class BatchEngine:
             logits = self.model(tokens, kv_cache=self.cache.rows(slice(0, n), pos))[:, -1, :]
         for slot in rows:
             slot.ids.append(slot.next_token)
+        # Greedy rows (the usual API request at temperature 0) take their tokens from one argmax over the batch
+        greedy = logits[:, :self.vocab_limit].argmax(dim=-1).tolist() if any(plain_greedy(slot.request) for slot in rows) else None
         for row in reversed(range(n)):  # reversed: _take may finish a row, which swaps it with the last running one
-            self._take(row, logits[row:row + 1])
+            request = self.slots[row].request
+            self._take(row, logits[row:row + 1], greedy[row] if plain_greedy(request) else None)
         return n
 
-    def _take(self, row, logits):
-        """Sample the row's next token from its logits (1, V) and hand its text to the request; finish it if it is done."""
+    def _take(self, row, logits, token=None):
+        """Sample the row's next token from its logits (1, V), unless `token` is given, and hand its text to the
+        request; finish it if it is done."""
         slot = self.slots[row]
         r = slot.request
-        logits = logits.clone()
-        logits[:, self.vocab_limit:] = float("-inf")
-        if r.repetition_window:
-            logits = penalize_repetition(logits, slot.ids[-r.repetition_window:], r.repetition_penalty)
-        token = sample_next(logits, r.temperature, r.top_k, slot.generator, r.top_p, r.min_p).item()
+        if token is None:
+            token = self._sample(slot, logits)
         slot.next_token = token
         if token in r.stop_ids:
             r.stop_id = token
@@ -179,6 +185,14 @@ class BatchEngine:
             return self._finish(row, "stop")
         if len(r.tokens) >= r.max_tokens or len(slot.ids) + 1 >= self.block_size:
             self._finish(row, "length")
+
+    def _sample(self, slot, logits):
+        r = slot.request
+        logits = logits.clone()
+        logits[:, self.vocab_limit:] = float("-inf")
+        if r.repetition_window:
+            logits = penalize_repetition(logits, slot.ids[-r.repetition_window:], r.repetition_penalty)
+        return sample_next(logits, r.temperature, r.top_k, slot.generator, r.top_p, r.min_p).item()
 
     def _emit(self, request, piece):
         if piece:

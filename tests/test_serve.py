@@ -1,6 +1,7 @@
 """The server: batched decoding gives what one-at-a-time generation gives, the OpenAI client works against it, bad
 requests get OpenAI-style errors and never hurt the server, a client that goes away frees its row, SIGTERM ends it cleanly."""
 import json
+import queue
 import re
 import signal
 import socket
@@ -209,6 +210,25 @@ def test_four_concurrent_clients_get_what_they_get_one_at_a_time(server):
     for t in threads:
         t.join()
     assert results == one_at_a_time
+
+
+def test_a_stream_sends_the_first_text_at_once_then_at_most_one_event_per_interval():
+    import serve
+
+    events, interval = queue.Queue(), 0.1
+
+    def tokens():  # a piece every 5 ms for 0.3 s, then the end
+        for i in range(60):
+            events.put(str(i % 10))
+            time.sleep(0.005)
+        events.put(None)
+
+    start = time.monotonic()
+    threading.Thread(target=tokens).start()
+    sent = [(time.monotonic() - start, text) for text in serve.pieces(events, interval)]
+    assert "".join(text for _, text in sent) == "".join(str(i % 10) for i in range(60))
+    assert sent[0][0] < interval and len(sent) >= 2
+    assert all(later - earlier >= interval for (earlier, _), (later, _) in zip(sent, sent[1:]))
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(bytes_tok):
