@@ -61,6 +61,14 @@ def test_sampling_with_a_seed_is_reproducible_and_independent_of_the_batch(bytes
     assert batch[1] == one and batch[0] != batch[1]
 
 
+def test_greedy_and_sampled_rows_that_end_at_different_steps_each_get_what_they_get_alone(bytes_tok):
+    model = tiny_model("gpt2", vocab_size=VOCAB, block_size=64, n_embd=32, scale=0.3)
+    specs = [("the cat", 3, 0.0), ("a dog", 9, 1.0), ("x", 5, 0.0), ("our king", 12, 0.0), ("moon", 7, 0.8)]
+    make = lambda: [Request(bytes_tok.encode(p), n, temperature=t, seed=5) for p, n, t in specs]
+    alone = [engine_run(BatchEngine(model, bytes_tok, 1), [r])[0] for r in make()]
+    assert engine_run(BatchEngine(model, bytes_tok, 4), make()) == alone  # rows leave mid-batch, swapping places
+
+
 def test_a_conversation_that_comes_back_reuses_its_cached_prefix(bytes_tok):
     model = tiny_model("modern", vocab_size=VOCAB, block_size=128, n_embd=32, scale=0.3)
     engine = BatchEngine(model, bytes_tok, max_batch=2)
