@@ -197,9 +197,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"the model {model!r} does not exist; this server serves {self.app.model_name!r} (GET /v1/models)", "model",
                            "model_not_found")
         request, prompt_tokens, stream, include_usage = generation_request(body, self.app.tokenizer, self.app.block_size, self.app.limits, chat)
-        events = queue.Queue()
-        request.on_text = lambda text: events.put(text)
-        request.on_done = lambda: events.put(None)
+        events, ended = queue.Queue(), threading.Event()
+        request.on_text = events.put
+        request.on_done = lambda: (events.put(None), ended.set())
         self.app.scheduler.submit(request)
         rid = new_id(chat)
         if not stream:
@@ -210,9 +210,9 @@ class Handler(BaseHTTPRequestHandler):
             if request.finish_reason == "cancelled":
                 raise ApiError(503, "the server is shutting down; the reply was cut short")
             return self.send_json(200, completion(chat, rid, self.app.model_name, request, prompt_tokens))
-        self.stream(chat, rid, request, events, prompt_tokens, include_usage)
+        self.stream(chat, rid, request, events, ended, prompt_tokens, include_usage)
 
-    def stream(self, chat, rid, request, events, prompt_tokens, include_usage):
+    def stream(self, chat, rid, request, events, ended, prompt_tokens, include_usage):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -223,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if chat:
                 self.send_event(chunk(chat, rid, model, role=True))
-            for text in pieces(events, self.app.stream_interval):
+            for text in pieces(events, ended, self.app.stream_interval):
                 self.send_event(chunk(chat, rid, model, text))
             if request.error:
                 self.send_event(ApiError(500, request.error).body())
@@ -274,15 +274,16 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def pieces(events, interval_s=0.0):
+def pieces(events, ended, interval_s=0.0):
     """The text a request's queue delivers until its end (None), at most one piece per interval_s (the first at once):
     what arrived meanwhile is joined, so a client gets fewer, larger chunks rather than one event per token, and a
-    client that reads slower than tokens come gets no growing backlog."""
+    client that reads slower than tokens come gets no growing backlog. The wait is cut short when the request has
+    `ended`, so the last text and the end go out at once."""
     sent = float("-inf")
     while (text := events.get()) is not None:
         wait = sent + interval_s - time.monotonic()
         if wait > 0:
-            time.sleep(wait)
+            ended.wait(wait)
         more = []
         while True:
             try:

@@ -2,8 +2,9 @@
 
 Starts serve.py in its own process on a free local port and, for each number of concurrent clients, has every
 client stream --requests chat completions of --max_tokens greedy tokens (each client its own conversation, so no
-cache is shared between them). It prints total tokens/s over all clients, time to first token (p50, p95) and whether
-the replies equal those of the same requests sent one at a time. The last line is
+cache is shared between them), --rounds times in turn. It prints each count's median total tokens/s over all clients
+(and the range over the rounds), time to first token (p50, p95) and whether the replies equal those of the same
+requests sent one at a time. The last line is
 `serve: clients=4 speedup=S ttft_p50_ms=T`: total tokens/s at 4 clients over 1 client, and the p50 at 4 clients.
 The clients run on the same machine as the server, so on a 2-core CPU they take cores from it; the batch engine's own
 speedup, measured alone afterwards, is printed too.
@@ -37,6 +38,7 @@ class ServeBenchConfig:
     ckpt: str = option("", "the checkpoint to serve (empty: out_chat/, else out/)")
     clients: str = option("1,4,8", "the numbers of concurrent clients to measure, comma-separated")
     requests: int = option(3, "chat completions each client sends, one after another", bounds=">=1")
+    rounds: int = option(5, "times the whole set of client counts is measured, in turn; the table has each count's median", bounds=">=1")
     max_tokens: int = option(48, "tokens generated per request (greedy, and no stop: every request generates this many)", bounds=">=1")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
     threads: int = option(0, "the server's --threads (0: torch's default)", bounds=">=0")
@@ -147,28 +149,32 @@ def main():
     process, port, banner = start_server(cfg, max(counts))
     print(describe_machine("cpu"))
     print(f"{banner.replace('serving bench', f'serving {cfg.ckpt}')}; {cfg.requests} requests per client of {cfg.max_tokens} greedy tokens")
-    results = {}
+    rates, ttfts, same = {n: [] for n in counts}, {n: [] for n in counts}, {}
     try:
         stream_chat(port, "warm up", 4)
-        print(f"{'clients':>7} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p95':>9} {'same as alone':>14}")
-        for n in counts:
-            replies, tokens, seconds, ttfts = run_clients(port, n, cfg)
-            alone = [[stream_chat(port, QUESTIONS[(i + k) % len(QUESTIONS)] + f" ({i})", cfg.max_tokens)[0] for k in range(cfg.requests)]
-                     for i in range(n)]
-            ttfts = sorted(ttfts)
-            p50, p95 = statistics.median(ttfts), ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
-            results[n], results[f"p50_{n}"] = tokens / seconds, p50
-            print(f"{n:>7} {tokens:>7} {seconds:8.2f} {results[n]:9.1f} {results[n] / results[counts[0]]:5.2f}x {1000 * p50:7.0f}ms "
-                  f"{1000 * p95:7.0f}ms {'yes' if replies == alone else 'NO':>14}", flush=True)
+        for _ in range(cfg.rounds):  # in turn, so that a machine getting faster or slower over the run affects every count alike
+            for n in counts:
+                replies, tokens, seconds, times = run_clients(port, n, cfg)
+                rates[n].append(tokens / seconds)
+                ttfts[n] += times
+                if n not in same:  # the replies must equal those of the same requests sent one at a time
+                    same[n] = replies == [[stream_chat(port, QUESTIONS[(i + k) % len(QUESTIONS)] + f" ({i})", cfg.max_tokens)[0]
+                                           for k in range(cfg.requests)] for i in range(n)]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    rate, p50 = {n: statistics.median(r) for n, r in rates.items()}, {n: statistics.median(t) for n, t in ttfts.items()}
+    print(f"{'clients':>7} {'tokens/s (median)':>17} {'range':>13} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p95':>9} {'same as alone':>14}")
+    for n in counts:
+        p95 = sorted(ttfts[n])[round(0.95 * (len(ttfts[n]) - 1))]
+        print(f"{n:>7} {rate[n]:17.1f} {min(rates[n]):6.0f}-{max(rates[n]):<6.0f} {rate[n] / rate[counts[0]]:5.2f}x {1000 * p50[n]:7.0f}ms "
+              f"{1000 * p95:7.0f}ms {'yes' if same[n] else 'NO':>14}", flush=True)
     print("the batch engine alone (this process, no HTTP, no clients beside it; the same requests):")
     engine_rates = engine_alone(cfg, counts)
-    print("  " + ", ".join(f"{n} at once: {rate:.1f} tokens/s ({rate / engine_rates[counts[0]]:.2f}x)" for n, rate in engine_rates.items()))
+    print("  " + ", ".join(f"{n} at once: {r:.1f} tokens/s ({r / engine_rates[counts[0]]:.2f}x)" for n, r in engine_rates.items()))
     print(f"reproduce: {reproduce_command('bench/serve.py', cfg, always=('clients',))}")
     if 1 in counts and 4 in counts:
-        print(f"serve: clients=4 speedup={results[4] / results[1]:.2f} ttft_p50_ms={1000 * results['p50_4']:.0f}")
+        print(f"serve: clients=4 speedup={rate[4] / rate[1]:.2f} ttft_p50_ms={1000 * p50[4]:.0f}")
 
 
 if __name__ == "__main__":
