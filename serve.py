@@ -60,8 +60,8 @@ class ServeConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     stream_interval_ms: int = option(20, "send a stream's new text at most this often, what came meanwhile in one event (0: each piece "
                                      "at once); fewer events leave more of the CPU to the model", bounds="[0, 1000]")
-    threads: int = option(0, "CPU threads for the model (0: torch's default, one per core); with clients on the same few cores, 1 can serve more",
-                          bounds=">=0")
+    threads: int = option(0, "CPU threads for the model (0: torch's default, one per core); on cores that other busy work shares, 1 "
+                          "keeps each step's pace", bounds=">=0")
     dtype: str = option("auto", DTYPE_HELP, DTYPES)
 
 

@@ -102,8 +102,7 @@ def run_clients(port, n, cfg):
 def start_server(cfg, max_batch):
     """serve.py in its own process, as a user runs it (clients in this process must not share its interpreter's lock)."""
     command = [sys.executable, str(REPO / "serve.py"), f"--ckpt={cfg.ckpt}", "--port=0", f"--max_batch={max_batch}", f"--dtype={cfg.dtype}",
-               f"--threads={cfg.threads}",
-               f"--stream_interval_ms={cfg.stream_interval_ms}", "--model_name=bench"]
+               f"--threads={cfg.threads}", f"--stream_interval_ms={cfg.stream_interval_ms}", "--model_name=bench"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     if " at http://" not in line:
