@@ -2,9 +2,9 @@
 
 Starts serve.py in its own process on a free local port and, for each number of concurrent clients, has every
 client stream --requests chat completions of --max_tokens greedy tokens (each client its own conversation, so no
-cache is shared between them), --rounds times in turn. It prints each count's median total tokens/s over all clients
-(and the range over the rounds), time to first token (p50, p95) and whether the replies equal those of the same
-requests sent one at a time. The last line is
+cache is shared between them), --rounds times in turn. It prints each count's tokens over all rounds, its median
+total tokens/s over all clients (and the range over the rounds), time to first token (p50, p95) and whether the
+replies equal those of the same requests sent one at a time. The last line is
 `serve: clients=4 speedup=S ttft_p50_ms=T`: total tokens/s at 4 clients over 1 client, and the p50 at 4 clients.
 The clients run on the same machine as the server, so on a 2-core CPU they take cores from it; the batch engine's own
 speedup, measured alone afterwards, is printed too.
@@ -148,13 +148,14 @@ def main():
     process, port, banner = start_server(cfg, max(counts))
     print(describe_machine("cpu"))
     print(f"{banner.replace('serving bench', f'serving {cfg.ckpt}')}; {cfg.requests} requests per client of {cfg.max_tokens} greedy tokens")
-    rates, ttfts, same = {n: [] for n in counts}, {n: [] for n in counts}, {}
+    rates, ttfts, totals, same = {n: [] for n in counts}, {n: [] for n in counts}, dict.fromkeys(counts, 0), {}
     try:
         stream_chat(port, "warm up", 4)
         for _ in range(cfg.rounds):  # in turn, so that a machine getting faster or slower over the run affects every count alike
             for n in counts:
                 replies, tokens, seconds, times = run_clients(port, n, cfg)
                 rates[n].append(tokens / seconds)
+                totals[n] += tokens
                 ttfts[n] += times
                 if n not in same:  # the replies must equal those of the same requests sent one at a time
                     same[n] = replies == [[stream_chat(port, QUESTIONS[(i + k) % len(QUESTIONS)] + f" ({i})", cfg.max_tokens)[0]
@@ -163,10 +164,10 @@ def main():
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     rate, p50 = {n: statistics.median(r) for n, r in rates.items()}, {n: statistics.median(t) for n, t in ttfts.items()}
-    print(f"{'clients':>7} {'tokens/s (median)':>17} {'range':>13} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p95':>9} {'same as alone':>14}")
+    print(f"{'clients':>7} {'tokens':>7} {'tokens/s (median)':>17} {'range':>13} {'vs 1':>6} {'TTFT p50':>9} {'TTFT p95':>9} {'same as alone':>14}")
     for n in counts:
         p95 = sorted(ttfts[n])[round(0.95 * (len(ttfts[n]) - 1))]
-        print(f"{n:>7} {rate[n]:17.1f} {min(rates[n]):6.0f}-{max(rates[n]):<6.0f} {rate[n] / rate[counts[0]]:5.2f}x {1000 * p50[n]:7.0f}ms "
+        print(f"{n:>7} {totals[n]:>7} {rate[n]:17.1f} {min(rates[n]):6.0f}-{max(rates[n]):<6.0f} {rate[n] / rate[counts[0]]:5.2f}x {1000 * p50[n]:7.0f}ms "
               f"{1000 * p95:7.0f}ms {'yes' if same[n] else 'NO':>14}", flush=True)
     print("the batch engine alone (this process, no HTTP, no clients beside it; the same requests):")
     engine_rates = engine_alone(cfg, counts)

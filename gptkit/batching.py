@@ -161,10 +161,10 @@ class BatchEngine:
         for slot in rows:
             slot.ids.append(slot.next_token)
         # Greedy rows (the usual API request at temperature 0) take their tokens from one argmax over the batch
-        greedy = logits[:, :self.vocab_limit].argmax(dim=-1).tolist() if any(plain_greedy(slot.request) for slot in rows) else None
+        plain = [plain_greedy(slot.request) for slot in rows]
+        greedy = logits[:, :self.vocab_limit].argmax(dim=-1).tolist() if any(plain) else None
         for row in reversed(range(n)):  # reversed: _take may finish a row, which swaps it with the last running one
-            request = self.slots[row].request
-            self._take(row, logits[row:row + 1], greedy[row] if plain_greedy(request) else None)
+            self._take(row, logits[row:row + 1], greedy[row] if plain[row] else None)
         return n
 
     def _take(self, row, logits, token=None):

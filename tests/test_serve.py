@@ -373,4 +373,4 @@ def test_the_serving_benchmark_runs_and_ends_with_its_line(tmp_path, bytes_tok):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"serve: clients=4 speedup=\d+\.\d\d ttft_p50_ms=\d+", lines[-1]), lines[-1]
-    assert any(line.split()[0] == "4" and line.endswith("yes") for line in lines)  # 4 clients' replies are what they are alone
+    assert any(line.split()[:2] == ["4", "48"] and line.endswith("yes") for line in lines)  # 2 rounds x 4 clients x 6 tokens, same as alone
